@@ -1,0 +1,50 @@
+"""python -m runtime ARTIFACT IMAGE: top-5 classes and latency."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import RuntimeLoadError, load, load_image
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
+    parser.add_argument("artifact", help="model.<ext> with its manifest.json beside it")
+    parser.add_argument("image", help="an image file (any format Pillow reads)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs after 3 warm-up runs")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: manifest)")
+    args = parser.parse_args(argv)
+    try:
+        session = load(args.artifact, threads=args.threads)
+        image = load_image(args.image)
+    except (RuntimeLoadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    x = session.preprocess(image)
+    for _ in range(3):
+        logits = session.run(x)
+    times = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        logits = session.run(x)
+        times.append(time.perf_counter() - start)
+    probs = softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
+    labels = session.labels or tuple(str(i) for i in range(probs.size))
+    print(f"{session.manifest.model} on {session.manifest.target} ({session.manifest.quant}), "
+          f"backend {session.backend.name}")
+    for i in np.argsort(probs)[::-1][:5]:
+        print(f"  {probs[i]:6.3f}  {i:4d}  {labels[i]}")
+    print(f"latency: median {1e3 * float(np.median(times)):.2f} ms over {args.runs} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

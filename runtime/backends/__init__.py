@@ -1,0 +1,1 @@
+"""Backends, one module per library; each is imported only when an artifact needs it."""

@@ -1,0 +1,88 @@
+"""The manifest beside every artifact: what it is, what it takes, and what made it."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RuntimeLoadError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    layout: str | None = None
+    preprocess: dict[str, Any] | None = None
+    labels: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
+        labels = d.get("labels")
+        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"], layout=d.get("layout"),
+                   preprocess=d.get("preprocess"), labels=tuple(labels) if labels else None)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]" + (f" {self.layout}" if self.layout else "")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: str
+    artifact: str
+    sha256: str
+    model: str
+    target: str
+    quant: str
+    task: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    runtime: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RuntimeLoadError(f"no manifest at {path}: an artifact is loaded together with the "
+                                   f"{MANIFEST_NAME} the build wrote beside it") from None
+        except json.JSONDecodeError as exc:
+            raise RuntimeLoadError(f"manifest {path} is not valid JSON ({exc}); rebuild or re-copy it") from None
+        if data.get("schema") != SCHEMA_VERSION:
+            raise RuntimeLoadError(f"manifest {path} has schema {data.get('schema')!r}, this runtime reads "
+                                   f"{SCHEMA_VERSION}; install the runtime version that matches the build")
+        try:
+            return cls(format=data["format"], artifact=data["artifact"], sha256=data["sha256"],
+                       model=data["model"], target=data["target"], quant=data["quant"], task=data["task"],
+                       inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                       outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+                       runtime=data.get("runtime", {}), raw=data)
+        except KeyError as exc:
+            raise RuntimeLoadError(f"manifest {path} lacks key {exc}; rebuild the artifact") from None
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(artifact: Path, manifest: Manifest) -> None:
+    """The artifact must be the exact file the manifest describes (catches truncation and corruption)."""
+    if not artifact.exists():
+        raise RuntimeLoadError(f"artifact {artifact} does not exist")
+    actual = sha256_of(artifact)
+    if actual != manifest.sha256:
+        raise RuntimeLoadError(
+            f"artifact {artifact} does not match its manifest (sha256 {actual[:12]}... != {manifest.sha256[:12]}...): "
+            "it is corrupt, truncated or from another build; rebuild it or copy it again with its manifest")

@@ -1,0 +1,93 @@
+"""``load(path)``: one entry point for every artifact format, chosen by the manifest's format."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from .errors import InputSpecError, RuntimeLoadError
+from .manifest import MANIFEST_NAME, Manifest, TensorSpec, verify
+from .preprocess import Preprocess
+
+
+class Backend(Protocol):
+    name: str  # e.g. "onnxruntime:CPUExecutionProvider"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+# manifest format -> "module:function" that opens the artifact (imported only when needed)
+BACKENDS: dict[str, str] = {
+    "onnx": "runtime.backends.onnxruntime:open_onnx",
+}
+
+
+class Session:
+    """A verified artifact, ready to run. Inputs are checked against the manifest's specs."""
+
+    def __init__(self, path: Path, manifest: Manifest, backend: Backend) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.backend = backend
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.outputs[0].labels
+
+    def preprocess(self, image: Any, input_index: int = 0) -> np.ndarray:
+        """An RGB image (PIL or HxWx3 uint8) -> the model's input tensor, as the manifest says."""
+        spec = self.inputs[input_index]
+        return Preprocess.from_spec(spec.shape, spec.layout or "NCHW", spec.dtype, spec.preprocess or {})(image)
+
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """One array in, the first output out; or a dict of inputs in, a dict of outputs out."""
+        single = not isinstance(x, Mapping)
+        feeds = {self.inputs[0].name: x} if single else dict(x)
+        for spec in self.inputs:
+            check_input(spec, feeds.get(spec.name))
+        unknown = set(feeds) - {s.name for s in self.inputs}
+        if unknown:
+            raise InputSpecError(f"unknown input(s) {sorted(unknown)}; expected {[s.describe() for s in self.inputs]}")
+        results = self.backend.run(feeds)
+        if single:
+            return results[0]
+        return {spec.name: value for spec, value in zip(self.outputs, results)}
+
+
+def check_input(spec: TensorSpec, value: Any) -> None:
+    if value is None:
+        raise InputSpecError(f"missing input {spec.name!r}; expected {spec.describe()}")
+    if not isinstance(value, np.ndarray):
+        raise InputSpecError(f"input {spec.name!r} must be a numpy array, got {type(value).__name__}; "
+                             f"expected {spec.describe()}")
+    if value.dtype != np.dtype(spec.dtype):
+        raise InputSpecError(f"input {spec.name!r} has dtype {value.dtype}, expected {spec.describe()}")
+    if len(value.shape) != len(spec.shape) or any(
+            isinstance(d, int) and d > 0 and d != v for d, v in zip(spec.shape, value.shape)):
+        raise InputSpecError(f"input {spec.name!r} has shape {list(value.shape)}, expected {spec.describe()}")
+
+
+def load(path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> Session:
+    """Open an artifact next to its manifest.json, verify its sha256, and start its backend."""
+    path = Path(path)
+    manifest = Manifest.read(path.parent / MANIFEST_NAME)
+    if manifest.artifact != path.name:
+        raise RuntimeLoadError(f"manifest in {path.parent} describes {manifest.artifact!r}, not {path.name!r}")
+    verify(path, manifest)
+    target = BACKENDS.get(manifest.format)
+    if target is None:
+        raise RuntimeLoadError(f"no runtime backend for format {manifest.format!r} ({path}); "
+                               f"this runtime knows: {', '.join(sorted(BACKENDS))}")
+    module_name, _, func = target.partition(":")
+    opener = getattr(importlib.import_module(module_name), func)
+    return Session(path, manifest, opener(path, manifest, providers=providers, threads=threads))

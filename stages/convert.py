@@ -1,0 +1,45 @@
+"""convert: the target's device artifact plus its manifest, in artifacts/<model>/<target>/."""
+from __future__ import annotations
+
+from stages.core.cli import hydra_entry
+from stages.core.config import Config
+from stages.core.fileio import atomic_path, write_json
+from stages.core.layout import Layout
+from stages.core.log import console
+from stages.core.manifest import build_manifest
+from stages.core.pipeline import Stage
+from stages.core import onnxgraph
+from stages.formats import FORMATS
+
+
+def convert(cfg: Config, layout: Layout) -> dict:
+    import onnx
+
+    fmt = FORMATS.get(cfg.target.format)
+    out = layout.artifact
+    with atomic_path(out) as tmp:
+        fmt.build(cfg, layout, tmp)
+        manifest = build_manifest(
+            cfg, cfg.target.format, tmp, onnxgraph.io_specs(onnx.load(str(layout.quantized))), fmt.toolchain,
+            sources={"quantized.onnx": layout.quantized})
+        manifest["artifact"] = out.name
+    # The artifact lands first: a crash before the manifest leaves a mismatch the runtime rejects.
+    write_json(layout.manifest, manifest)
+    console.print(f"wrote {out.relative_to(layout.root.parent)} ({manifest['size_bytes'] / 1e6:.2f} MB, "
+                  f"sha256 {manifest['sha256'][:12]})")
+    return manifest
+
+
+STAGE = Stage(
+    name="convert", scope="build",
+    params=("model", "target", "quant", "rewrite"),  # the manifest embeds the whole resolved config
+    needs=("quantize",),
+    deps=lambda L: [L.quantized],
+    outs=lambda L: [L.artifact, L.manifest],
+    run=convert,
+    doc="device artifact + manifest",
+    code=("runtime/manifest.py", "stages/formats"),
+)
+
+if __name__ == "__main__":
+    hydra_entry(STAGE)()

@@ -1,0 +1,1 @@
+"""Plain, testable mechanism behind the stage entry points (no Hydra ``main`` here)."""

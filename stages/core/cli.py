@@ -1,0 +1,59 @@
+"""The one Hydra entry point every stage module uses: compose, validate, ensure upstream, run."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from omegaconf import DictConfig
+
+from .config import Config, validate
+from .errors import BuildError
+from .layout import CONF_DIR, Layout
+from .log import console
+from .pipeline import Stage, ensure_upstream, execute
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, outside of ``hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def load(overrides: Sequence[str] = ()) -> Config:
+    return validate(compose(overrides))
+
+
+def layout_for(cfg: Config) -> Layout:
+    from stages.formats import artifact_name
+
+    return Layout.of(cfg.artifacts, cfg.model.name, cfg.target.name, artifact_name(cfg.target.format))
+
+
+def run_stage(stage: Stage, raw: DictConfig) -> None:
+    """Validate the composed config, build stale upstream outputs, run the stage; exit 2 on user error."""
+    try:
+        cfg = validate(raw)
+        layout = layout_for(cfg)
+        if cfg.upstream:
+            ensure_upstream(stage, cfg, layout)
+        console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target})")
+        execute(stage, cfg, layout)
+    except BuildError as exc:
+        console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
+        sys.exit(2)
+
+
+def hydra_entry(stage: Stage) -> Callable[[], None]:
+    """``python -m stages.<name> key=value ...``: a Hydra main bound to one stage."""
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def main(raw: DictConfig) -> None:
+        run_stage(stage, raw)
+
+    return main

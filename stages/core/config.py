@@ -1,0 +1,230 @@
+"""Structured-config schemas: every Hydra group is validated against a dataclass.
+
+A typo in a YAML key, a wrong type or an invalid enum value fails here, naming the full key.
+Mean/std are in pixel units (0..255), the convention vendor toolchains (RKNN) use as well.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import BuildError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Task(str, enum.Enum):
+    classification = "classification"
+
+
+class Layout(str, enum.Enum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class ColorOrder(str, enum.Enum):
+    RGB = "RGB"
+    BGR = "BGR"
+    GRAY = "GRAY"
+
+
+class CalibMethod(str, enum.Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QType(str, enum.Enum):
+    int8 = "int8"
+    uint8 = "uint8"
+
+
+# ---------------------------------------------------------------- datasets
+@dataclass
+class ImageItem:
+    source: str = MISSING  # a registered image source (stages.core.datasets.SOURCES)
+    file: str = MISSING  # path inside that source
+    label: Optional[int] = None  # primary class index (gold sets)
+    accept: List[int] = field(default_factory=list)  # other indices a careful human counts as correct
+    why: str = ""  # what a person saw in the photo that justifies the label
+
+
+@dataclass
+class AugmentConfig:
+    """Random crops/flips to draw several calibration tensors from one photo."""
+
+    samples: int = 1  # tensors drawn per image; 1 = the plain preprocessed image only
+    min_crop: float = 0.35  # smallest crop, as a fraction of the image area
+    flip: bool = True
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    description: str = ""
+    labels: Optional[str] = None  # class-name list the indices refer to (e.g. imagenet1k)
+    items: List[ImageItem] = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class InputSpec:
+    name: str = "input"
+    shape: List[int] = MISSING  # in `layout` order, batch first
+    layout: Layout = Layout.NCHW
+    dtype: str = "float32"
+    color: ColorOrder = ColorOrder.RGB
+    mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # pixel units (0..255)
+    std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # pixel units (0..255)
+    resize: Optional[int] = None  # shorter side before the center crop; None: resize to the input size
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class OutputSpec:
+    name: str = "logits"
+    labels: Optional[str] = None  # a registered class-name list; copied into the manifest
+
+
+@dataclass
+class WeightsConfig:
+    source: str = MISSING  # a registered weight source: package | torchvision | file | none
+    package: Optional[str] = None  # pip distribution that ships the file
+    module: Optional[str] = None  # importable module whose folder holds `file`
+    file: Optional[str] = None
+    torchvision: Optional[str] = None  # e.g. MobileNet_V2_Weights.IMAGENET1K_V1 (needs internet)
+    sha256: Optional[str] = None  # checked before loading when set
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    simplifier: str = "onnxsim"  # onnxsim | none
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    description: str = ""
+    task: Task = Task.classification
+    module: Dict[str, Any] = MISSING  # {_target_: dotted.builder, **kwargs}
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    input: InputSpec = field(default_factory=InputSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    gold: DatasetConfig = MISSING
+    calibration: DatasetConfig = MISSING
+
+
+# ---------------------------------------------------------------- target
+@dataclass
+class BudgetConfig:
+    metric: str = "top1"
+    max_drop: float = 1.0  # accuracy points (percent) the artifact may lose against float
+    min_agreement: Optional[float] = None  # fraction of gold inputs whose top-1 matches float
+
+
+@dataclass
+class RuntimeConfig:
+    providers: List[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 4  # the board's cores; benchmarks here use min(threads, this machine's cores)
+
+
+@dataclass
+class BenchmarkConfig:
+    warmup: int = 20
+    runs: int = 50
+
+
+@dataclass
+class TargetConfig:
+    name: str = MISSING
+    board: str = MISSING
+    description: str = ""
+    arch: str = "aarch64"
+    format: str = MISSING  # a registered artifact format (stages/formats)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+# ---------------------------------------------------------------- quant and rewrites
+@dataclass
+class CalibrationConfig:
+    method: CalibMethod = CalibMethod.minmax
+    num_samples: int = 64  # taken from the front of the calibration set
+    percentile: float = 99.999  # for method=percentile
+
+
+@dataclass
+class QuantConfig:
+    name: str = MISSING
+    scheme: str = MISSING  # a registered quantizer (stages.quantize.SCHEMES)
+    description: str = ""
+    per_channel: bool = True
+    weight_type: QType = QType.int8
+    activation_type: QType = QType.uint8
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
+
+
+@dataclass
+class RewriteConfig:
+    """One graph rewrite: a registered function and its parameters (validated by that function)."""
+
+    fn: str = MISSING
+    description: str = ""
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    target: TargetConfig = MISSING
+    quant: QuantConfig = MISSING
+    rewrite: Dict[str, RewriteConfig] = field(default_factory=dict)
+    artifacts: str = "artifacts"  # root of the artifact tree, relative to the project
+    upstream: bool = True  # build missing or stale upstream outputs before this stage
+
+
+def validate(cfg: DictConfig | dict) -> Config:
+    """Merge a composed config into the schema and return typed objects, or raise BuildError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        typed: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise BuildError(
+            f"invalid config{f' at key {key!r}' if key else ''}: {_first_line(exc)}",
+            hint="check the spelling and type of that key against stages/core/config.py",
+        ) from None
+    for section, name in (("model", typed.model.name), ("target", typed.target.name)):
+        if not NAME_PATTERN.match(name) or name.startswith("_"):
+            raise BuildError(
+                f"{section}.name {name!r} is not a valid artifact folder name",
+                hint="use lower-case letters, digits and underscores, starting with a letter",
+            )
+    if "_target_" not in typed.model.module:
+        raise BuildError(
+            f"model.module of {typed.model.name!r} has no _target_",
+            hint="set model.module._target_ to the dotted path of a function that builds the nn.Module",
+        )
+    return typed
+
+
+def to_plain(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (enums as strings), for manifests."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,18 @@
+"""Two kinds of failure: the user's (fixable by editing config or installing something) and ours."""
+from __future__ import annotations
+
+
+class BuildError(Exception):
+    """A problem the user can fix. The message names the key, node or file, and says what to do."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  fix: {hint}")
+
+
+class ToolchainUnavailable(BuildError):
+    """A vendor toolchain is not installed here; inputs were prepared, no artifact was written."""
+
+
+class InternalError(Exception):
+    """A bug in this project, not in the user's config. Please report it with the traceback."""

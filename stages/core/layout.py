@@ -1,0 +1,97 @@
+"""Where every file of a build lives. The artifact folder holds exactly the device contract:
+
+    artifacts/<model>/<target>/model.<ext>, manifest.json, metrics.json
+
+Intermediates live under artifacts/_build/, per model (target-independent work) and per build.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    model: str
+    target: str
+    artifact_name: str = "model.onnx"  # model.<ext> of the target's format
+
+    @classmethod
+    def of(cls, artifacts: str, model: str, target: str, artifact_name: str = "model.onnx") -> "Layout":
+        root = Path(artifacts)
+        return cls(root if root.is_absolute() else PROJECT_ROOT / root, model, target, artifact_name)
+
+    # -- target-independent intermediates
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "_build" / self.model
+
+    @property
+    def model_config(self) -> Path:
+        return self.model_dir / "model.json"
+
+    @property
+    def traced(self) -> Path:
+        return self.model_dir / "traced.pt"
+
+    @property
+    def exported(self) -> Path:
+        return self.model_dir / "exported.onnx"
+
+    @property
+    def simplified(self) -> Path:
+        return self.model_dir / "simplified.onnx"
+
+    @property
+    def simplify_report(self) -> Path:
+        return self.model_dir / "simplify.json"
+
+    @property
+    def calibration(self) -> Path:
+        return self.model_dir / "calibration.npy"
+
+    # -- per (model, target) intermediates
+    @property
+    def build_dir(self) -> Path:
+        return self.model_dir / self.target
+
+    @property
+    def build_config(self) -> Path:
+        return self.build_dir / "build.json"
+
+    @property
+    def rewritten(self) -> Path:
+        return self.build_dir / "rewritten.onnx"
+
+    @property
+    def rewrite_report(self) -> Path:
+        return self.build_dir / "rewrite.json"
+
+    @property
+    def quantized(self) -> Path:
+        return self.build_dir / "quantized.onnx"
+
+    @property
+    def quantize_report(self) -> Path:
+        return self.build_dir / "quantize.json"
+
+    # -- the device contract
+    @property
+    def artifact_dir(self) -> Path:
+        return self.root / self.model / self.target
+
+    @property
+    def artifact(self) -> Path:
+        return self.artifact_dir / self.artifact_name
+
+    @property
+    def manifest(self) -> Path:
+        return self.artifact_dir / "manifest.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.artifact_dir / "metrics.json"

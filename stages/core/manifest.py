@@ -1,0 +1,54 @@
+"""Write the manifest that the runtime reads (runtime/manifest.py): spec, hashes, toolchain, config."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from runtime.manifest import SCHEMA_VERSION
+
+from .config import Config, to_plain
+from .datasets import LABELS, preprocess_for
+from .fileio import sha256_file
+
+
+def toolchain_versions(packages: Iterable[str]) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(cfg: Config, fmt: str, artifact: Path, io: tuple[list[dict], list[dict]],
+                   toolchain: Iterable[str], sources: dict[str, Path]) -> dict[str, Any]:
+    inputs, outputs = io
+    spec = cfg.model.input
+    for tensor in inputs:
+        if tensor["name"] == spec.name:
+            tensor.update(layout=spec.layout.value, preprocess=preprocess_for(spec).to_dict())
+    if cfg.model.output.labels:
+        for tensor in outputs:
+            if tensor["name"] == cfg.model.output.name:
+                tensor["labels"] = LABELS.get(cfg.model.output.labels)()
+    return {
+        "schema": SCHEMA_VERSION,
+        "format": fmt,
+        "artifact": artifact.name,
+        "sha256": sha256_file(artifact),
+        "size_bytes": artifact.stat().st_size,
+        "model": cfg.model.name,
+        "target": cfg.target.name,
+        "board": cfg.target.board,
+        "quant": cfg.quant.name,
+        "task": cfg.model.task.value,
+        "inputs": inputs,
+        "outputs": outputs,
+        "runtime": {"providers": list(cfg.target.runtime.providers), "threads": cfg.target.runtime.threads},
+        "toolchain": toolchain_versions(toolchain),
+        "sources": {name: sha256_file(path) for name, path in sources.items()},
+        "config": to_plain(cfg),
+    }

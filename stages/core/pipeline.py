@@ -1,0 +1,129 @@
+"""The stage contract, and the make-like upstream check that lets any stage run alone.
+
+Each stage module declares a ``Stage``: the config keys it reads, the files it reads and
+writes, and its direct upstream stages. ``dvc.yaml`` mirrors these declarations (a test keeps
+them in sync); ``run_stage`` uses them to rebuild missing or stale upstream outputs when a stage
+is run by hand with arbitrary Hydra overrides, which DVC cannot see.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from omegaconf import OmegaConf
+
+from .config import Config, to_plain
+from .errors import InternalError
+from .fileio import sha256_file, write_json
+from .layout import PROJECT_ROOT, Layout
+from .log import console
+
+Scope = Literal["model", "build"]
+
+# Large config subtrees that DVC tracks through a digest instead of by value: dvc.lock stays
+# small, so a no-op `dvc repro` stays fast. stages/compose.py writes these digests.
+DIGESTED = {"model": "digest.model", "target": "digest.target", "rewrite": "digest.rewrite",
+            "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration"}
+
+
+def dvc_param(key: str) -> str:
+    """The key dvc.yaml tracks for a config key a stage reads."""
+    return DIGESTED.get(key, key)
+
+
+# Pipeline order; a stage's upstream must appear before it.
+STAGE_MODULES = ("trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    scope: Scope  # "model": one per model, target-independent; "build": one per (model, target)
+    params: tuple[str, ...]  # config keys the stage reads (dvc.yaml `params` mirror these)
+    needs: tuple[str, ...]  # direct upstream stages
+    deps: Callable[[Layout], list[Path]]  # files from upstream stages
+    outs: Callable[[Layout], list[Path]]
+    run: Callable[[Config, Layout], Any]
+    doc: str = ""
+    code: tuple[str, ...] = ()  # code beyond stages/<name>.py and stages/core that the stage runs
+
+    def stamp_path(self, layout: Layout) -> Path:
+        folder = layout.model_dir if self.scope == "model" else layout.build_dir
+        return folder / ".stamps" / f"{self.name}.json"
+
+
+def load_stage(name: str) -> Stage:
+    if name not in STAGE_MODULES:
+        raise InternalError(f"unknown stage {name!r}")
+    stage = importlib.import_module(f"stages.{name}").STAGE
+    if stage.name != name:
+        raise InternalError(f"stages/{name}.py declares STAGE named {stage.name!r}")
+    return stage
+
+
+def fingerprint(stage: Stage, cfg: Config, layout: Layout) -> dict[str, Any]:
+    """What a stage's outputs are a function of: its code, its params and its input files."""
+    plain = OmegaConf.create(to_plain(cfg))
+    params = {key: OmegaConf.to_container(OmegaConf.select(plain, key), resolve=True)
+              if OmegaConf.is_config(OmegaConf.select(plain, key)) else OmegaConf.select(plain, key)
+              for key in stage.params}
+    deps = {str(p.relative_to(layout.root)): sha256_file(p) if p.exists() else None
+            for p in stage.deps(layout)}
+    return {"stage": stage.name, "code": code_digest(stage), "params": params, "deps": deps}
+
+
+def code_paths(stage: Stage) -> list[str]:
+    """The code a stage runs, as project-relative paths: its module, stages/core, and extras."""
+    return [f"stages/{stage.name}.py", "stages/core", *stage.code]
+
+
+def code_digest(stage: Stage) -> str:
+    digest = hashlib.sha256()
+    for rel in code_paths(stage):
+        path = PROJECT_ROOT / rel
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(PROJECT_ROOT).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def is_fresh(stage: Stage, cfg: Config, layout: Layout) -> bool:
+    stamp = stage.stamp_path(layout)
+    if not stamp.exists() or not all(p.exists() for p in stage.outs(layout)):
+        return False
+    recorded = json.loads(stamp.read_text())
+    return recorded == fingerprint(stage, cfg, layout)
+
+
+def execute(stage: Stage, cfg: Config, layout: Layout) -> Any:
+    """Run one stage and record what it was computed from."""
+    result = stage.run(cfg, layout)
+    write_json(stage.stamp_path(layout), fingerprint(stage, cfg, layout))
+    return result
+
+
+def ensure_upstream(stage: Stage, cfg: Config, layout: Layout) -> list[str]:
+    """Rebuild the missing or stale upstream stages of ``stage``, in pipeline order."""
+    order: list[Stage] = []
+
+    def visit(name: str) -> None:
+        up = load_stage(name)
+        for dep in up.needs:
+            visit(dep)
+        if up not in order:
+            order.append(up)
+
+    for dep in stage.needs:
+        visit(dep)
+    rebuilt = []
+    for up in order:
+        # A stage is stale when its own inputs changed, including outputs just rebuilt above.
+        if not is_fresh(up, cfg, layout):
+            console.rule(f"[bold]upstream: {up.name}[/] ({layout.model}/{layout.target})")
+            execute(up, cfg, layout)
+            rebuilt.append(up.name)
+    return rebuilt

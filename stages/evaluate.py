@@ -1,0 +1,130 @@
+"""evaluate: the gold check. Float PyTorch vs the artifact on the model's gold set, latency of both
+measured interleaved in one run, and the target's accuracy budget enforced (non-zero exit on a miss).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from stages.core.cli import hydra_entry
+from stages.core.config import Config
+from stages.core.datasets import gold_samples
+from stages.core.errors import BuildError
+from stages.core.fileio import write_json
+from stages.core.layout import Layout
+from stages.core.log import console
+from stages.core.metrics import classification_report, fidelity
+from stages.core.pipeline import Stage
+
+
+def paired_latency(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
+    """Median ms per call of each candidate, measured in alternating blocks within one run.
+
+    Blocks (not call-by-call interleaving) because the libraries' thread pools spin after a call:
+    on a 2-core machine, ORT's spinning threads would otherwise be timed as PyTorch's latency.
+    Alternating rounds still spread slow periods of a shared vCPU over every candidate.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(max(1, warmup // rounds)):
+                fn()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def evaluate(cfg: Config, layout: Layout) -> dict:
+    import torch
+
+    from runtime import load
+    from stages.core.models import build_module
+
+    threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    session = load(layout.artifact, threads=threads)
+    samples = gold_samples(cfg.model.gold, session.preprocess)  # the board's own preprocessing
+    accepted = [acc for _, _, acc in samples]
+    module = build_module(cfg.model)
+    with torch.no_grad():
+        reference = np.concatenate([module(torch.from_numpy(x)).numpy() for _, x, _ in samples])
+    candidate = np.concatenate([np.asarray(session.run(x)) for _, x, _ in samples])
+
+    x0 = torch.from_numpy(samples[0][1])
+    with torch.no_grad():
+        latency = paired_latency({"artifact": lambda: session.run(samples[0][1]),
+                                  "torch_eager_fp32": lambda: module(x0)},
+                                 cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
+
+    float_metrics = classification_report(reference, accepted)
+    artifact_metrics = classification_report(candidate, accepted)
+    agree = fidelity(reference, candidate)
+    budget = cfg.target.budget
+    drop = float_metrics[budget.metric] - artifact_metrics[budget.metric]
+    failures = []
+    if drop > budget.max_drop:
+        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
+    if budget.min_agreement is not None and agree["agreement"] < budget.min_agreement:
+        failures.append(f"agreement {agree['agreement']:.3f} < min_agreement {budget.min_agreement}")
+    metrics = {
+        "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name,
+        "dataset": cfg.model.gold.name, "n": len(samples),
+        "float": float_metrics, "artifact": artifact_metrics,
+        "diff": {k: artifact_metrics[k] - float_metrics[k] for k in float_metrics},
+        "fidelity": agree,
+        "budget": {"metric": budget.metric, "max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
+                   "drop": drop},
+        "passed": not failures,
+        "failures": failures,
+        "latency_ms": {**latency, "threads": threads, "backend": session.backend.name,
+                       "runs": cfg.target.benchmark.runs},
+        "speedup": latency["torch_eager_fp32"] / latency["artifact"],
+        "size_bytes": session.path.stat().st_size,
+        "per_image": [{"file": f, "accept": sorted(a), "float_top1": int(r.argmax()), "artifact_top1": int(c.argmax())}
+                      for (f, _, a), r, c in zip(samples, reference, candidate)],
+    }
+    write_json(layout.metrics, metrics)
+    print_table(metrics)
+    if failures:
+        raise BuildError(f"{cfg.model.name} on {cfg.target.name} misses its accuracy budget: {'; '.join(failures)}",
+                         hint=f"see {layout.metrics}; try another quant scheme or relax target.budget")
+    return metrics
+
+
+def print_table(m: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{m['model']} / {m['target']} / {m['quant']}  on {m['dataset']} (n={m['n']})")
+    for col in ("", "top-1 %", "top-5 %", "latency ms"):
+        table.add_column(col, justify="right")
+    table.add_row("float (torch eager)", f"{m['float']['top1']:.1f}", f"{m['float']['top5']:.1f}",
+                  f"{m['latency_ms']['torch_eager_fp32']:.2f}")
+    table.add_row("artifact", f"{m['artifact']['top1']:.1f}", f"{m['artifact']['top5']:.1f}",
+                  f"{m['latency_ms']['artifact']:.2f}")
+    console.print(table)
+    status = "[green]PASS[/]" if m["passed"] else "[red]FAIL[/]"
+    console.print(f"{status}  drop {m['budget']['drop']:.2f} (max {m['budget']['max_drop']}), "
+                  f"agreement {m['fidelity']['agreement']:.3f}, cosine {m['fidelity']['cosine_mean']:.4f}, "
+                  f"speedup x{m['speedup']:.1f}, {m['size_bytes'] / 1e6:.2f} MB")
+
+
+STAGE = Stage(
+    name="evaluate", scope="build",
+    params=("model.module", "model.weights", "model.input", "model.output", "model.gold",
+            "target.budget", "target.benchmark", "target.runtime"),
+    needs=("convert",),
+    deps=lambda L: [L.artifact, L.manifest],
+    outs=lambda L: [L.metrics],
+    run=evaluate,
+    doc="gold check + latency + budget",
+    code=("runtime",),
+)
+
+if __name__ == "__main__":
+    hydra_entry(STAGE)()

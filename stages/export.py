@@ -1,0 +1,47 @@
+"""export: TorchScript -> ONNX with the model's input/output names, checked by onnx.checker (full)."""
+from __future__ import annotations
+
+import warnings
+
+from stages.core.cli import hydra_entry
+from stages.core.config import Config
+from stages.core.errors import BuildError
+from stages.core.fileio import atomic_path
+from stages.core.layout import Layout
+from stages.core.pipeline import Stage
+
+
+def export(cfg: Config, layout: Layout) -> None:
+    import onnx
+    import torch
+
+    traced = torch.jit.load(str(layout.traced), map_location="cpu")
+    example = torch.zeros(cfg.model.input.shape)
+    with atomic_path(layout.exported) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which cannot take a traced
+        # module; it is still the path that gives static, reproducible graphs here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            traced, (example,), str(tmp), dynamo=False, opset_version=cfg.model.export.opset,
+            input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
+            do_constant_folding=True,
+        )
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise BuildError(f"exported ONNX failed onnx.checker: {exc}",
+                             hint="try another model.export.opset, or fix the op named above") from exc
+
+
+STAGE = Stage(
+    name="export", scope="model",
+    params=("model.input", "model.output", "model.export.opset"),
+    needs=("trace",),
+    deps=lambda L: [L.traced],
+    outs=lambda L: [L.exported],
+    run=export,
+    doc="TorchScript -> ONNX (checked)",
+)
+
+if __name__ == "__main__":
+    hydra_entry(STAGE)()

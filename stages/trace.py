@@ -1,0 +1,35 @@
+"""trace: the float PyTorch model as TorchScript (torch.jit.trace on the model's input spec)."""
+from __future__ import annotations
+
+from stages.core.cli import hydra_entry
+from stages.core.config import Config
+from stages.core.fileio import atomic_path
+from stages.core.layout import Layout
+from stages.core.pipeline import Stage
+
+
+def trace(cfg: Config, layout: Layout) -> None:
+    import torch
+
+    from stages.core.models import build_module
+
+    module = build_module(cfg.model)
+    example = torch.zeros(cfg.model.input.shape)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    with atomic_path(layout.traced) as tmp:
+        torch.jit.save(traced, str(tmp))
+
+
+STAGE = Stage(
+    name="trace", scope="model",
+    params=("model.module", "model.weights", "model.input"),
+    needs=(),
+    deps=lambda L: [],
+    outs=lambda L: [L.traced],
+    run=trace,
+    doc="float model -> TorchScript",
+)
+
+if __name__ == "__main__":
+    hydra_entry(STAGE)()

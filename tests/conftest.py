@@ -1,0 +1,45 @@
+"""Shared fixtures. The `built` fixture runs the real DVC build once, in a temporary copy."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY_IGNORE = shutil.ignore_patterns(".venv*", ".git", "artifacts", "__pycache__", ".pytest_cache",
+                                     ".hypothesis", "*.egg-info", "outputs", "multirun")
+
+
+def project_env() -> dict[str, str]:
+    """The environment stage subprocesses need: this venv's bin first on PATH, no CI colour codes."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """A fresh checkout-like copy of the project (no artifacts, no venv) with its own git and DVC."""
+    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
+    (dest / "artifacts").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "artifacts" / ".gitignore", dest / "artifacts" / ".gitignore")
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on which `dvc repro` has built every default artifact."""
+    repo = copy_project(tmp_path_factory.mktemp("built") / "repo")
+    run([sys.executable, "-m", "dvc", "repro"], repo)
+    return repo
