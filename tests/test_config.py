@@ -57,6 +57,8 @@ def test_malformed_yaml_and_unknown_target_fail_from_the_command_line(tmp_path):
     repo = copy_project(tmp_path / "repo")
     (repo / "conf" / "target" / "broken.yaml").write_text("name: broken\nformat: [onnx\n")
     proc = run([sys.executable, "-m", "stages.convert", "target=broken"], repo, check=False)
-    assert proc.returncode != 0 and "broken.yaml" in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "conf/target/broken.yaml is not valid YAML at line 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (repo / "conf" / "target" / "broken.yaml").unlink()
     proc = run([sys.executable, "-m", "stages.convert", "target=rk9999"], repo, check=False)
     assert proc.returncode != 0 and "Available options in 'target'" in proc.stderr + proc.stdout

@@ -111,7 +111,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_quant_change_reruns_quantize_convert_evaluate_only(scratch):
-    edit(scratch / "conf/quant/int8_static.yaml", "num_samples: 64", "num_samples: 48")
+    edit(scratch / "conf/quant/int8_static.yaml", "num_samples: 64", "num_samples: 80")
     out = run([sys.executable, "-m", "dvc", "repro"], scratch).stdout
     assert ran_stages(out) == {f"compose@{BUILD}", "compose_model@mobilenet_v2",
                                f"quantize@{BUILD}", f"convert@{BUILD}", f"evaluate@{BUILD}"}
@@ -131,3 +131,40 @@ def test_code_edit_reruns_that_stage_and_downstream_only_if_outputs_change(scrat
     assert status(scratch) == {"export@mobilenet_v2"}
     out = run([sys.executable, "-m", "dvc", "repro"], scratch).stdout
     assert ran_stages(out) == {"export@mobilenet_v2"}
+
+
+def test_a_missed_budget_fails_the_build_with_a_table(scratch):
+    edit(scratch / "conf/target/rpi4.yaml", "max_drop: 1.0", "max_drop: -50.0")
+    proc = run([sys.executable, "-m", "dvc", "repro"], scratch, check=False)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert "FAIL" in log and "top-1 %" in log and "misses its accuracy budget" in log
+    assert json.loads((scratch / ART / "metrics.json").read_text())["passed"] is False
+
+
+def test_a_killed_stage_leaves_nothing_half_written_and_a_rerun_recovers(scratch):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import project_env
+
+    quantized = scratch / "artifacts/_build/mobilenet_v2/rpi4/quantized.onnx"
+    before = quantized.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "stages.quantize", "upstream=false",
+                             "quant.calibration.num_samples=80"], cwd=scratch, env=project_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Kill it hard once calibration (the long part, writing into a temp file) is under way.
+    for line in proc.stdout:
+        if "calibrating" in line:
+            time.sleep(1.0)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert quantized.read_bytes() == before  # the old output is untouched, not half-replaced
+    assert status(scratch) == set()  # DVC sees nothing changed: nothing half-written to cache
+    run([sys.executable, "-m", "stages.quantize", "upstream=false", "quant.calibration.num_samples=80"], scratch)
+    assert not list(quantized.parent.glob(".*.tmp"))  # the killed run's temp file was cleaned up
+    assert quantized.read_bytes() != before

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from omegaconf import DictConfig
@@ -48,6 +49,21 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_yaml_syntax(conf_dir: Path = CONF_DIR) -> None:
+    """Parse every config file first: Hydra reports a YAML syntax error as a bare traceback."""
+    import yaml
+
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise BuildError(f"{path.relative_to(conf_dir.parent)} is not valid YAML{at}: "
+                             f"{getattr(exc, 'problem', None) or exc}",
+                             hint="fix the syntax there (an unclosed bracket or quote, or bad indentation)") from None
+
+
 def hydra_entry(stage: Stage) -> Callable[[], None]:
     """``python -m stages.<name> key=value ...``: a Hydra main bound to one stage."""
     import hydra
@@ -56,4 +72,12 @@ def hydra_entry(stage: Stage) -> Callable[[], None]:
     def main(raw: DictConfig) -> None:
         run_stage(stage, raw)
 
-    return main
+    def entry() -> None:
+        try:
+            check_yaml_syntax()
+        except BuildError as exc:
+            console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
+            sys.exit(2)
+        main()
+
+    return entry

@@ -101,6 +101,9 @@ def is_fresh(stage: Stage, cfg: Config, layout: Layout) -> bool:
 
 def execute(stage: Stage, cfg: Config, layout: Layout) -> Any:
     """Run one stage and record what it was computed from."""
+    for out in stage.outs(layout):  # temp files of a run that was killed before it could clean up
+        for partial in out.parent.glob(f".{out.name}.*.tmp"):
+            partial.unlink()
     result = stage.run(cfg, layout)
     write_json(stage.stamp_path(layout), fingerprint(stage, cfg, layout))
     return result

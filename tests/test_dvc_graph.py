@@ -1,0 +1,31 @@
+"""dvc.yaml is generated from the stage declarations, and conf/builds.yaml names real configs."""
+import sys
+
+import yaml
+
+from conftest import ROOT, run
+from stages.core.cli import load
+from stages.core.pipeline import STAGE_MODULES, load_stage
+from stages.formats import artifact_name
+
+
+def test_dvc_yaml_is_generated_from_the_stage_declarations():
+    proc = run([sys.executable, "-m", "stages.dvcgen", "--check"], ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_builds_name_existing_models_and_targets_with_the_right_artifact():
+    builds = yaml.safe_load((ROOT / "conf" / "builds.yaml").read_text())
+    for key, build in builds["builds"].items():
+        assert key == f"{build['model']}-{build['target']}"
+        assert build["model"] in builds["models"]
+        cfg = load([f"model={build['model']}", f"target={build['target']}"])
+        assert build["artifact"] == artifact_name(cfg.target.format)
+
+
+def test_every_stage_reads_only_declared_upstream_outputs():
+    names = list(STAGE_MODULES)
+    for name in names:
+        stage = load_stage(name)
+        assert all(names.index(dep) < names.index(name) for dep in stage.needs), name
+        assert stage.params, f"{name} declares no params: DVC could not rerun it on a config change"
