@@ -15,7 +15,7 @@ from stages.core.datasets import gold_samples
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import Layout
-from stages.core.log import console
+from stages.core.log import console, track
 from stages.core.metrics import classification_report, fidelity
 from stages.core.pipeline import Stage
 
@@ -53,8 +53,9 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     accepted = [acc for _, _, acc in samples]
     module = build_module(cfg.model)
     with torch.no_grad():
-        reference = np.concatenate([module(torch.from_numpy(x)).numpy() for _, x, _ in samples])
-    candidate = np.concatenate([np.asarray(session.run(x)) for _, x, _ in samples])
+        reference = np.concatenate([module(torch.from_numpy(x)).numpy()
+                                    for _, x, _ in track(samples, "float model on the gold set")])
+    candidate = np.concatenate([np.asarray(session.run(x)) for _, x, _ in track(samples, "artifact on the gold set")])
 
     x0 = torch.from_numpy(samples[0][1])
     with torch.no_grad():

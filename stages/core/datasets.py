@@ -14,6 +14,7 @@ from runtime.preprocess import Preprocess, load_image
 
 from .config import DatasetConfig, ImageItem, InputSpec
 from .errors import BuildError
+from .log import track
 from .registry import Registry
 
 
@@ -87,7 +88,7 @@ def calibration_tensors(dataset: DatasetConfig, pre: Preprocess) -> np.ndarray:
     aug = dataset.augment
     rng = np.random.default_rng(aug.seed)
     tensors = []
-    for item in dataset.items:
+    for item in track(dataset.items, f"calibration set {dataset.name}"):
         image = load_image(resolve(item))
         tensors.append(pre(image))
         for _ in range(aug.samples - 1):

@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.progress import track as rich_track
+
+T = TypeVar("T")
 
 _plain = bool(os.environ.get("CI")) or not sys.stderr.isatty()
 console = Console(stderr=True, no_color=_plain, highlight=False, soft_wrap=True)
@@ -14,6 +18,17 @@ console = Console(stderr=True, no_color=_plain, highlight=False, soft_wrap=True)
 def progress_enabled() -> bool:
     """Progress bars only for a person watching a terminal, never in CI logs."""
     return not _plain
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar in a terminal; silently elsewhere (one summary line at the end)."""
+    if progress_enabled():
+        yield from rich_track(items, description=description, total=total, console=console, transient=True)
+        return
+    count = 0
+    for count, item in enumerate(items, 1):
+        yield item
+    console.print(f"{description} done ({count})")
 
 
 # torch.jit and the TorchScript ONNX exporter are deprecated upstream but remain the paths that
