@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RuntimeLoadError
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -45,6 +49,19 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     runtime: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def threads(self, requested: int | None = None) -> int:
+        """Intra-op threads: as requested, else the board's count from the manifest, never more than
+        this machine's cores (oversubscribing a 2-core host made ORT several times slower)."""
+        wanted = requested or int(self.runtime.get("threads") or 0) or os.cpu_count() or 1
+        return max(1, min(wanted, os.cpu_count() or wanted))
+
+    def preprocessor(self, input_index: int = 0) -> "Preprocess":
+        """The input's preprocessing as the build recorded it."""
+        from .preprocess import Preprocess
+
+        spec = self.inputs[input_index]
+        return Preprocess.from_spec(spec.shape, spec.layout or "NCHW", spec.dtype, spec.preprocess or {})
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":

@@ -9,7 +9,6 @@ import numpy as np
 
 from .errors import InputSpecError, RuntimeLoadError
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, verify
-from .preprocess import Preprocess
 
 
 class Backend(Protocol):
@@ -21,6 +20,11 @@ class Backend(Protocol):
 # manifest format -> "module:function" that opens the artifact (imported only when needed)
 BACKENDS: dict[str, str] = {
     "onnx": "runtime.backends.onnxruntime:open_onnx",
+    "onpu": "runtime.backends.onpu:open_onpu",
+    "rknn": "runtime.backends.rknn:open_rknn",
+    "rknn_v1": "runtime.backends.rknn:open_rknn",
+    "tensorrt": "runtime.backends.tensorrt:open_engine",
+    "torchscript": "runtime.backends.torchscript:open_torchscript",
 }
 
 
@@ -46,8 +50,7 @@ class Session:
 
     def preprocess(self, image: Any, input_index: int = 0) -> np.ndarray:
         """An RGB image (PIL or HxWx3 uint8) -> the model's input tensor, as the manifest says."""
-        spec = self.inputs[input_index]
-        return Preprocess.from_spec(spec.shape, spec.layout or "NCHW", spec.dtype, spec.preprocess or {})(image)
+        return self.manifest.preprocessor(input_index)(image)
 
     def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """One array in, the first output out; or a dict of inputs in, a dict of outputs out."""

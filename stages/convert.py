@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
+from stages.core.errors import ToolchainUnavailable
 from stages.core.fileio import atomic_path, write_json
 from stages.core.layout import Layout
 from stages.core.log import console
@@ -16,13 +17,19 @@ def convert(cfg: Config, layout: Layout) -> dict:
     import onnx
 
     fmt = FORMATS.get(cfg.target.format)
+    prepared = fmt.prepare(cfg, layout)
+    reason = fmt.unavailable(cfg)
+    if reason:
+        where = ", ".join(str(p.relative_to(layout.root.parent)) for p in prepared) or "nothing to prepare"
+        raise ToolchainUnavailable(f"{cfg.model.name} for {cfg.target.name} cannot be built here: {reason}",
+                                   hint=f"the toolchain's inputs are prepared: {where}")
     out = layout.artifact
     with atomic_path(out) as tmp:
-        fmt.build(cfg, layout, tmp)
+        extra = fmt.build(cfg, layout, tmp)
         manifest = build_manifest(
             cfg, cfg.target.format, tmp, onnxgraph.io_specs(onnx.load(str(layout.quantized))), fmt.toolchain,
             sources={"quantized.onnx": layout.quantized})
-        manifest["artifact"] = out.name
+        manifest.update(artifact=out.name, **extra)
     # The artifact lands first: a crash before the manifest leaves a mismatch the runtime rejects.
     write_json(layout.manifest, manifest)
     console.print(f"wrote {out.relative_to(layout.root.parent)} ({manifest['size_bytes'] / 1e6:.2f} MB, "
@@ -39,6 +46,7 @@ STAGE = Stage(
     run=convert,
     doc="device artifact + manifest",
     code=("runtime/manifest.py", "stages/formats"),
+    fanout="builds",
 )
 
 if __name__ == "__main__":

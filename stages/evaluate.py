@@ -18,6 +18,7 @@ from stages.core.layout import Layout
 from stages.core.log import console, track
 from stages.core.metrics import classification_report, fidelity
 from stages.core.pipeline import Stage
+from stages.formats import FORMATS, GoldRun
 
 
 def paired_latency(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
@@ -40,28 +41,41 @@ def paired_latency(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, ro
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
+def runtime_gold(cfg: Config, layout: Layout, inputs: list[np.ndarray], threads: int) -> GoldRun:
+    """Run the artifact through the board's runtime (runtime.load), here on this machine."""
+    from runtime import load
+
+    session = load(layout.artifact, threads=threads)
+    outputs = np.concatenate([np.asarray(session.run(x)) for x in track(inputs, "artifact on the gold set")])
+    return GoldRun(outputs, session.backend.name, lambda: session.run(inputs[0]))
+
+
 def evaluate(cfg: Config, layout: Layout) -> dict:
     import torch
 
-    from runtime import load
+    from runtime.manifest import Manifest
     from stages.core.models import build_module
 
     threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    session = load(layout.artifact, threads=threads)
-    samples = gold_samples(cfg.model.gold, session.preprocess)  # the board's own preprocessing
+    # The board's own preprocessing, exactly as the manifest records it.
+    samples = gold_samples(cfg.model.gold, Manifest.read(layout.manifest).preprocessor())
     accepted = [acc for _, _, acc in samples]
+    inputs = [x for _, x, _ in samples]
     module = build_module(cfg.model)
     with torch.no_grad():
         reference = np.concatenate([module(torch.from_numpy(x)).numpy()
-                                    for _, x, _ in track(samples, "float model on the gold set")])
-    candidate = np.concatenate([np.asarray(session.run(x)) for _, x, _ in track(samples, "artifact on the gold set")])
+                                    for x in track(inputs, "float model on the gold set")])
+    gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
+    candidate = gold.outputs
 
-    x0 = torch.from_numpy(samples[0][1])
+    x0 = torch.from_numpy(inputs[0])
+    timed = {"torch_eager_fp32": lambda: module(x0)}
+    if gold.timed_call is not None:
+        timed["artifact"] = gold.timed_call
     with torch.no_grad():
-        latency = paired_latency({"artifact": lambda: session.run(samples[0][1]),
-                                  "torch_eager_fp32": lambda: module(x0)},
-                                 cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
+        latency = paired_latency(timed, cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
+    latency.setdefault("artifact", None)
 
     float_metrics = classification_report(reference, accepted)
     artifact_metrics = classification_report(candidate, accepted)
@@ -74,7 +88,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     if budget.min_agreement is not None and agree["agreement"] < budget.min_agreement:
         failures.append(f"agreement {agree['agreement']:.3f} < min_agreement {budget.min_agreement}")
     metrics = {
-        "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name,
+        "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name, "format": cfg.target.format,
         "dataset": cfg.model.gold.name, "n": len(samples),
         "float": float_metrics, "artifact": artifact_metrics,
         "diff": {k: artifact_metrics[k] - float_metrics[k] for k in float_metrics},
@@ -83,12 +97,13 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
                    "drop": drop},
         "passed": not failures,
         "failures": failures,
-        "latency_ms": {**latency, "threads": threads, "backend": session.backend.name,
-                       "runs": cfg.target.benchmark.runs},
-        "speedup": latency["torch_eager_fp32"] / latency["artifact"],
-        "size_bytes": session.path.stat().st_size,
+        "latency_ms": {**latency, "threads": threads, "backend": gold.backend, "runs": cfg.target.benchmark.runs,
+                       "note": gold.note},
+        "speedup": latency["torch_eager_fp32"] / latency["artifact"] if latency["artifact"] else None,
+        "size_bytes": layout.artifact.stat().st_size,
         "per_image": [{"file": f, "accept": sorted(a), "float_top1": int(r.argmax()), "artifact_top1": int(c.argmax())}
                       for (f, _, a), r, c in zip(samples, reference, candidate)],
+        **({"analysis": gold.extra} if gold.extra else {}),
     }
     write_json(layout.metrics, metrics)
     print_table(metrics)
@@ -106,13 +121,15 @@ def print_table(m: dict) -> None:
         table.add_column(col, justify="right")
     table.add_row("float (torch eager)", f"{m['float']['top1']:.1f}", f"{m['float']['top5']:.1f}",
                   f"{m['latency_ms']['torch_eager_fp32']:.2f}")
+    artifact_ms = m["latency_ms"]["artifact"]
     table.add_row("artifact", f"{m['artifact']['top1']:.1f}", f"{m['artifact']['top5']:.1f}",
-                  f"{m['latency_ms']['artifact']:.2f}")
+                  f"{artifact_ms:.2f}" if artifact_ms else "n/a")
     console.print(table)
     status = "[green]PASS[/]" if m["passed"] else "[red]FAIL[/]"
     console.print(f"{status}  drop {m['budget']['drop']:.2f} (max {m['budget']['max_drop']}), "
                   f"agreement {m['fidelity']['agreement']:.3f}, cosine {m['fidelity']['cosine_mean']:.4f}, "
-                  f"speedup x{m['speedup']:.1f}, {m['size_bytes'] / 1e6:.2f} MB")
+                  f"speedup {('x%.1f' % m['speedup']) if m['speedup'] else 'n/a'}, {m['size_bytes'] / 1e6:.2f} MB"
+                  + (f" ({m['latency_ms']['note']})" if m["latency_ms"]["note"] else ""))
 
 
 STAGE = Stage(
@@ -124,7 +141,8 @@ STAGE = Stage(
     outs=lambda L: [L.metrics],
     run=evaluate,
     doc="gold check + latency + budget",
-    code=("runtime",),
+    code=("runtime", "stages/formats"),
+    fanout="builds",
 )
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def _ort_static(cfg: Config, layout: Layout, out: Path) -> dict:
                 "ActivationSymmetric": q.symmetric_activations,
                 "WeightSymmetric": q.symmetric_weights,
                 "CalibPercentile": q.calibration.percentile,
+                "AddQDQPairToWeight": q.tensorrt_qdq,
+                "DedicatedQDQPair": q.tensorrt_qdq,
             },
         )
     return {"calibration_samples": n}

@@ -30,9 +30,7 @@ def open_onnx(path: Path, manifest: Manifest, providers: list[str] | None = None
     chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    n = threads or manifest.runtime.get("threads")
-    if n:
-        options.intra_op_num_threads = int(n)
+    options.intra_op_num_threads = manifest.threads(threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types

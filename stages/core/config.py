@@ -144,6 +144,34 @@ class BenchmarkConfig:
 
 
 @dataclass
+class NpuConfig:
+    """An NPU that runs part of the graph, with the rest falling back to the CPU (format: onpu)."""
+
+    ops: List[str] = MISSING  # op types the NPU firmware accepts (QDQ ops included)
+    cpu_from: List[str] = field(default_factory=list)  # the first node of one of these op types starts the CPU head
+    execution_provider: str = MISSING  # the ORT execution provider a board registers for the NPU
+
+
+@dataclass
+class RknnConfig:
+    """Rockchip RKNN toolkit settings (format: rknn for toolkit2, rknn_v1 for RK1808-era toolkit v1)."""
+
+    platform: str = MISSING  # target_platform, e.g. rk3588
+    quantized_dtype: str = "w8a8"  # toolkit2: w8a8; toolkit v1: asymmetric_affine-u8
+    quantized_algorithm: str = "normal"  # normal | mmse | kl_divergence
+    optimization_level: int = 3
+    toolkit_python: Optional[str] = None  # toolkit v1 only: python of a venv with rknn-toolkit 1.x
+
+
+@dataclass
+class TensorRTConfig:
+    fp16: bool = True
+    int8: bool = True
+    workspace_mb: int = 2048
+    timing_cache: Optional[str] = None  # reused across builds on the same GPU when set
+
+
+@dataclass
 class TargetConfig:
     name: str = MISSING
     board: str = MISSING
@@ -153,6 +181,9 @@ class TargetConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    npu: Optional[NpuConfig] = None
+    rknn: Optional[RknnConfig] = None
+    tensorrt: Optional[TensorRTConfig] = None
 
 
 # ---------------------------------------------------------------- quant and rewrites
@@ -175,6 +206,7 @@ class QuantConfig:
     symmetric_activations: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
+    tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
 
 
 @dataclass

@@ -79,6 +79,20 @@ class Layout:
     def quantize_report(self) -> Path:
         return self.build_dir / "quantize.json"
 
+    @property
+    def prepared_dir(self) -> Path:
+        """Inputs for a vendor toolchain, kept even when the toolchain is missing here."""
+        return self.build_dir / "prepared"
+
+    @property
+    def prepare_report(self) -> Path:
+        return self.build_dir / "prepare.json"
+
+    @property
+    def analysis_dir(self) -> Path:
+        """Per-layer accuracy reports written by evaluate."""
+        return self.build_dir / "analysis"
+
     # -- the device contract
     @property
     def artifact_dir(self) -> Path:

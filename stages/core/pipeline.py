@@ -36,7 +36,8 @@ def dvc_param(key: str) -> str:
 
 
 # Pipeline order; a stage's upstream must appear before it.
-STAGE_MODULES = ("trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate")
+STAGE_MODULES = ("trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate",
+                 "prepare")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class Stage:
     run: Callable[[Config, Layout], Any]
     doc: str = ""
     code: tuple[str, ...] = ()  # code beyond stages/<name>.py and stages/core that the stage runs
+    fanout: str = ""  # the conf/builds.yaml entry dvc.yaml iterates; default: `models` or `chains` by scope
+
+    @property
+    def foreach(self) -> str:
+        return self.fanout or ("models" if self.scope == "model" else "chains")
 
     def stamp_path(self, layout: Layout) -> Path:
         folder = layout.model_dir if self.scope == "model" else layout.build_dir

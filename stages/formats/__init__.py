@@ -1,13 +1,23 @@
 """Artifact formats: how a target's device artifact is made from the quantized graph.
 
-A format is registered by name (``target.format``) with its file extension, the function that
-writes the artifact, and the packages whose versions the manifest records.
+A format is registered by name (``target.format``). Converting is three steps, so that a
+toolchain that is not installed here still leaves everything a user needs to finish elsewhere:
+
+  prepare      write the vendor tool's inputs (graph, calibration list, tool config) into
+               artifacts/_build/<model>/<target>/prepared/
+  unavailable  None when the toolchain is usable here, else the reason and what to install
+  build        write the artifact; return extra manifest fields (e.g. GPU and TensorRT version)
+
+``gold`` runs the artifact on gold inputs for the evaluate stage; formats the runtime cannot
+run on this machine (RKNN: only the toolkit's simulator) bring their own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
 
 from stages.core.registry import Registry
 
@@ -16,11 +26,33 @@ if TYPE_CHECKING:
     from stages.core.layout import Layout
 
 
+@dataclass
+class GoldRun:
+    """What evaluate needs from running an artifact: outputs, and a timed call if timing means anything."""
+
+    outputs: np.ndarray  # first output, one row per gold input
+    backend: str
+    timed_call: Optional[Callable[[], Any]]  # one inference on gold input 0; None on a simulator
+    note: str = ""
+    extra: dict = None  # type: ignore[assignment]
+
+
+def _nothing_to_prepare(cfg: "Config", layout: "Layout") -> list[Path]:
+    return []
+
+
+def _always_available(cfg: "Config") -> Optional[str]:
+    return None
+
+
 @dataclass(frozen=True)
 class Format:
     ext: str
-    build: Callable[["Config", "Layout", Path], None]  # writes the artifact to the given (temporary) path
+    build: Callable[["Config", "Layout", Path], dict]
     toolchain: tuple[str, ...]  # packages whose versions the manifest records
+    prepare: Callable[["Config", "Layout"], list[Path]] = _nothing_to_prepare
+    unavailable: Callable[["Config"], Optional[str]] = _always_available
+    gold: Optional[Callable[["Config", "Layout", list[np.ndarray], int], GoldRun]] = None
 
 
 FORMATS: Registry[Format] = Registry("artifact format", "target.format")
@@ -31,4 +63,4 @@ def artifact_name(format_name: str) -> str:
 
 
 # Importing a module registers its format.
-from . import onnx  # noqa: E402,F401
+from . import onnx, onpu, tensorrt  # noqa: E402,F401

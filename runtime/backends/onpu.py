@@ -1,0 +1,74 @@
+"""``.onpu`` backend: verify the container, then run the NPU partition on the NPU's ONNX Runtime
+execution provider and the head on the CPU, or the whole graph on the CPU when no NPU provider
+is registered on this machine. ``backend.name`` says which happened.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..errors import BackendUnavailable, RuntimeLoadError
+from ..manifest import Manifest
+
+
+def read_container(path: Path) -> tuple[dict, dict[str, bytes]]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {name: zf.read(name) for name in zf.namelist()}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise RuntimeLoadError(f"{path} is not a readable .onpu container ({exc}); rebuild it") from None
+    try:
+        header = json.loads(members.pop("onpu.json"))
+    except (KeyError, json.JSONDecodeError):
+        raise RuntimeLoadError(f"{path} has no valid onpu.json header; rebuild it") from None
+    if header.get("format") != "onpu" or header.get("version") != 1:
+        raise RuntimeLoadError(f"{path}: unsupported onpu header {header.get('format')!r} v{header.get('version')}")
+    for name, digest in header.get("members", {}).items():
+        if name not in members or hashlib.sha256(members[name]).hexdigest() != digest:
+            raise RuntimeLoadError(f"{path}: member {name!r} is missing or corrupt; rebuild the artifact")
+    return header, members
+
+
+class OnpuBackend:
+    def __init__(self, stages: list[tuple[object, list[str]]], name: str) -> None:
+        self._stages = stages
+        self.name = name
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = dict(feeds)
+        outputs: list[np.ndarray] = []
+        for session, output_names in self._stages:
+            wanted = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
+            outputs = session.run(output_names, {k: v for k, v in values.items() if k in wanted})  # type: ignore[attr-defined]
+            values.update(zip(output_names, outputs))
+        return outputs
+
+
+def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None,
+              threads: int | None = None) -> OnpuBackend:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+    header, members = read_container(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = manifest.threads(threads)
+    npu_ep = header["execution_provider"]
+    available = ort.get_available_providers()
+    plan = header["partition"]
+    if npu_ep in available and (providers is None or npu_ep in providers):
+        stages = [(ort.InferenceSession(members["npu.onnx"], options, providers=[npu_ep, "CPUExecutionProvider"]),
+                   plan["npu"]["outputs"])]
+        if "cpu.onnx" in members:
+            stages.append((ort.InferenceSession(members["cpu.onnx"], options, providers=["CPUExecutionProvider"]),
+                           plan["cpu"]["outputs"]))
+        return OnpuBackend(stages, f"onpu:{npu_ep}({len(plan['npu']['nodes'])} nodes)"
+                                   f"+CPUExecutionProvider({len(plan['cpu']['nodes'])} nodes)")
+    session = ort.InferenceSession(members["model.onnx"], options, providers=["CPUExecutionProvider"])
+    return OnpuBackend([(session, [o.name for o in session.get_outputs()])],
+                       f"onpu:CPUExecutionProvider (NPU provider {npu_ep} not registered here: whole graph on CPU)")

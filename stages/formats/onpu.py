@@ -1,0 +1,129 @@
+"""``onpu``: the Raspberry Pi 5 NPU container (this project's definition; see README, ".onpu").
+
+A zip (stored, sorted, fixed timestamps: byte-reproducible) holding
+  onpu.json   header: format version, member sha256s, the partition plan, the NPU's op set
+  model.onnx  the whole INT8 QDQ graph (what runs when no NPU provider is registered)
+  npu.onnx    the backbone partition, restricted to the NPU's op set
+  cpu.onnx    the head partition, run by the CPU (absent when the NPU runs everything)
+The cut between the partitions is placed on 8-bit tensors where the graph allows it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from stages.core.errors import BuildError
+
+from . import FORMATS, Format
+
+ONPU_VERSION = 1
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def plan_partition(model: Any, npu_ops: list[str], cpu_from: list[str]) -> dict[str, Any]:
+    """Split nodes into an NPU backbone and a CPU head; fail on NPU nodes the firmware lacks."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    first_head = next((n for n in nodes if n.op_type in cpu_from), None)
+    cpu: set[str] = set()
+    if first_head is not None:
+        frontier = [first_head]
+        while frontier:  # everything downstream of the head's first node
+            node = frontier.pop()
+            if node.name in cpu:
+                continue
+            cpu.add(node.name)
+            for out in node.output:
+                frontier.extend(consumers.get(out, []))
+        graph_inputs = {i.name for i in model.graph.input}
+        producers = {out: n for n in nodes for out in n.output}
+
+        def constant_only(node: Any) -> bool:
+            return all(name not in graph_inputs and (name not in producers or constant_only(producers[name]))
+                       for name in node.input if name)
+
+        changed = True
+        while changed:  # pull in weight-dequantize nodes and activation dequantizes feeding only the head
+            changed = False
+            for node in reversed(nodes):
+                users = [c for out in node.output for c in consumers.get(out, [])]
+                if node.name in cpu or not users or not all(u.name in cpu for u in users):
+                    continue
+                if node.op_type == "DequantizeLinear" or constant_only(node):
+                    cpu.add(node.name)
+                    changed = True
+    npu_nodes = [n for n in nodes if n.name not in cpu]
+    offending = [n for n in npu_nodes if n.op_type not in npu_ops]
+    if offending:
+        listed = "; ".join(f"{n.name} ({n.op_type})" for n in offending[:20])
+        raise BuildError(f"{len(offending)} node(s) in the NPU partition use ops the NPU lacks: {listed}",
+                         hint="add a rewrite that removes them (conf/rewrite/), or move them to the CPU head "
+                              "with target.npu.cpu_from")
+    npu_names = {n.name for n in npu_nodes}
+    graph_outputs = [o.name for o in model.graph.output]
+    cut = sorted({name for n in nodes if n.name in cpu for name in n.input
+                  if any(name in p.output for p in npu_nodes)})
+    npu_outputs = cut + [o for o in graph_outputs if any(o in n.output for n in npu_nodes)]
+    return {
+        "npu": {"nodes": [n.name for n in npu_nodes], "inputs": [i.name for i in model.graph.input],
+                "outputs": npu_outputs},
+        "cpu": {"nodes": [n.name for n in nodes if n.name in cpu], "inputs": cut,
+                "outputs": [o for o in graph_outputs if o not in npu_outputs]},
+        "cut_dtypes": {name: _dtype_of(model, name) for name in cut},
+        "npu_ops": sorted({n.op_type for n in nodes if n.name in npu_names}),
+        "cpu_ops": sorted({n.op_type for n in nodes if n.name in cpu}),
+    }
+
+
+def _dtype_of(model: Any, name: str) -> str:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        if info.name == name:
+            return onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).name
+    return "unknown"
+
+
+def write_container(out: Path, members: dict[str, bytes], header: dict[str, Any]) -> None:
+    header = {**header, "members": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())}}
+    entries = {"onpu.json": (json.dumps(header, indent=2, sort_keys=True) + "\n").encode(), **members}
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, entries[name])
+
+
+def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+    import onnx
+    from onnx.utils import extract_model
+
+    npu = cfg.target.npu
+    if npu is None:
+        raise BuildError(f"target {cfg.target.name!r} has format onpu but no `npu` section",
+                         hint="add target.npu.ops, target.npu.cpu_from and target.npu.execution_provider")
+    model = onnx.load(str(layout.quantized))
+    plan = plan_partition(model, list(npu.ops), list(npu.cpu_from))
+    members = {"model.onnx": layout.quantized.read_bytes()}
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [("npu", plan["npu"])] + ([("cpu", plan["cpu"])] if plan["cpu"]["nodes"] else [])
+        for part, spec in parts:
+            path = Path(tmp) / f"{part}.onnx"
+            extract_model(str(layout.quantized), str(path), spec["inputs"], spec["outputs"], check_model=True)
+            members[f"{part}.onnx"] = path.read_bytes()
+    header = {"format": "onpu", "version": ONPU_VERSION, "execution_provider": npu.execution_provider,
+              "partition": plan}
+    write_container(out, members, header)
+    return {"partition": {"npu_nodes": len(plan["npu"]["nodes"]), "cpu_nodes": len(plan["cpu"]["nodes"]),
+                          "cut": plan["cpu"]["inputs"], "cut_dtypes": plan["cut_dtypes"]}}
+
+
+FORMATS.register("onpu")(Format("onpu", _build, ("torch", "onnx", "onnxsim", "onnxruntime")))
