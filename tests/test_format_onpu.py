@@ -1,0 +1,105 @@
+"""The .onpu container: partitions chain to the whole graph, the cut is 8-bit, corruption is caught."""
+import json
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.backends.onpu import open_onpu, read_container
+from runtime.errors import RuntimeLoadError
+from stages.core.errors import BuildError
+from stages.formats import FORMATS
+from stages.formats.onpu import plan_partition
+
+NPU_OPS = ["QuantizeLinear", "DequantizeLinear", "Conv", "Relu", "Clip", "Add"]
+
+
+def tiny_qdq_model(tmp_path: Path) -> Path:
+    """conv-relu-conv-GAP-flatten-gemm, quantized to QDQ by ONNX Runtime."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32) * 0.3, f"w{i}")
+             for i, shape in enumerate([(8, 3, 3, 3), (8, 8, 3, 3), (5, 8)])]
+    nodes = [
+        helper.make_node("Conv", ["x", inits[0].name], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", inits[1].name], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", inits[2].name], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    float_path, q_path = tmp_path / "float.onnx", tmp_path / "quantized.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), float_path)
+    data = iter([{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(8)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(data, None)
+
+    quantize_static(str(float_path), str(q_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    return q_path
+
+
+def build_onpu(tmp_path: Path, ops=NPU_OPS) -> Path:
+    quantized = tiny_qdq_model(tmp_path)
+    cfg = SimpleNamespace(target=SimpleNamespace(npu=SimpleNamespace(
+        ops=ops, cpu_from=["GlobalAveragePool"], execution_provider="FakeNpuExecutionProvider")))
+    out = tmp_path / "model.onpu"
+    FORMATS.get("onpu").build(cfg, SimpleNamespace(quantized=quantized), out)
+    return out
+
+
+def test_partitions_chain_to_the_whole_graph_and_cut_on_8bit(tmp_path):
+    out = build_onpu(tmp_path)
+    header, members = read_container(out)
+    plan = header["partition"]
+    assert plan["cpu"]["nodes"] and "gap" in plan["cpu"]["nodes"] and "conv1" in plan["npu"]["nodes"]
+    assert set(plan["cut_dtypes"].values()) <= {"uint8", "int8"}
+    assert set(plan["npu_ops"]) <= set(NPU_OPS)
+    x = np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    whole = ort.InferenceSession(members["model.onnx"]).run(None, {"x": x})[0]
+    npu = ort.InferenceSession(members["npu.onnx"])
+    cut = dict(zip(plan["npu"]["outputs"], npu.run(plan["npu"]["outputs"], {"x": x})))
+    cpu = ort.InferenceSession(members["cpu.onnx"])
+    chained = cpu.run(None, {k: v for k, v in cut.items() if k in plan["cpu"]["inputs"]})[0]
+    np.testing.assert_array_equal(chained, whole)
+
+
+def test_container_is_byte_reproducible(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert build_onpu(tmp_path / "a").read_bytes() == build_onpu(tmp_path / "b").read_bytes()
+
+
+def test_runtime_falls_back_to_cpu_and_says_so(tmp_path):
+    out = build_onpu(tmp_path)
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={})
+    backend = open_onpu(out, manifest)
+    assert "FakeNpuExecutionProvider not registered" in backend.name and "whole graph on CPU" in backend.name
+    assert backend.run({"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 5)
+
+
+def test_a_corrupt_member_is_rejected(tmp_path):
+    out = build_onpu(tmp_path)
+    with zipfile.ZipFile(out) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    entries["npu.onnx"] = entries["npu.onnx"][:-10]
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    with pytest.raises(RuntimeLoadError, match="member 'npu.onnx' is missing or corrupt"):
+        read_container(out)
+
+
+def test_an_op_the_npu_lacks_is_named(tmp_path):
+    with pytest.raises(BuildError, match=r"conv1 \(Conv\)"):
+        build_onpu(tmp_path, ops=[op for op in NPU_OPS if op != "Conv"])
