@@ -110,19 +110,35 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def builds_file(repo: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((repo / "conf/builds.yaml").read_text())
+
+
 def test_quant_change_reruns_quantize_convert_evaluate_only(scratch):
+    from stages.core.cli import load as load_config
+
+    users = [key for key, b in builds_file(scratch)["builds"].items()
+             if load_config([f"model={b['model']}", f"target={b['target']}"]).quant.name == "int8_static"]
+    assert f"{BUILD}" in users
     edit(scratch / "conf/quant/int8_static.yaml", "num_samples: 64", "num_samples: 80")
     out = run([sys.executable, "-m", "dvc", "repro"], scratch).stdout
-    assert ran_stages(out) == {f"compose@{BUILD}", "compose_model@mobilenet_v2",
-                               f"quantize@{BUILD}", f"convert@{BUILD}", f"evaluate@{BUILD}"}
+    composes = {f"compose@{key}" for key in builds_file(scratch)["chains"]} | {"compose_model@mobilenet_v2"}
+    assert ran_stages(out) - composes == {f"{stage}@{key}" for key in users
+                                          for stage in ("quantize", "convert", "evaluate")}
 
 
 def test_input_size_change_makes_the_models_whole_chain_stale(scratch):
     edit(scratch / "conf/model/mobilenet_v2.yaml", "shape: [1, 3, 224, 224]", "shape: [1, 3, 192, 192]")
-    run([sys.executable, "-m", "dvc", "repro", "--single-item", "compose_model@mobilenet_v2", f"compose@{BUILD}"],
-        scratch)
-    assert status(scratch) == {f"{s}@mobilenet_v2" for s in ("trace", "export", "simplify", "calibrate")} | {
-        f"{s}@{BUILD}" for s in ("rewrite", "quantize", "convert", "evaluate")}
+    composes = [f"compose@{key}" for key in builds_file(scratch)["chains"]]
+    run([sys.executable, "-m", "dvc", "repro", "--single-item", "compose_model@mobilenet_v2", *composes], scratch)
+    builds = builds_file(scratch)
+    expected = {f"{s}@mobilenet_v2" for s in ("trace", "export", "simplify", "calibrate")}
+    expected |= {f"{s}@{key}" for key in builds["chains"] for s in ("rewrite", "quantize")}
+    expected |= {f"{s}@{key}" for key in builds["builds"] for s in ("convert", "evaluate")}
+    expected |= {f"prepare@{key}" for key in builds["prepared"]}
+    assert status(scratch) == expected
 
 
 def test_code_edit_reruns_that_stage_and_downstream_only_if_outputs_change(scratch):
@@ -168,3 +184,22 @@ def test_a_killed_stage_leaves_nothing_half_written_and_a_rerun_recovers(scratch
     run([sys.executable, "-m", "stages.quantize", "upstream=false", "quant.calibration.num_samples=80"], scratch)
     assert not list(quantized.parent.glob(".*.tmp"))  # the killed run's temp file was cleaned up
     assert quantized.read_bytes() != before
+
+
+def test_targets_without_a_toolchain_are_prepared_not_faked(built):
+    report = json.loads((built / "artifacts/_build/mobilenet_v2/jetson_orin/prepare.json").read_text())
+    assert report["built"] is False and "TensorRT is not importable" in report["reason"]
+    assert (built / "artifacts/_build/mobilenet_v2/jetson_orin/prepared/model.onnx").exists()
+    assert not (built / "artifacts/mobilenet_v2/jetson_orin").exists()  # no fake .engine, ever
+    proc = run([sys.executable, "-m", "stages.convert", "target=jetson_orin"], built, check=False)
+    assert proc.returncode == 2 and "trtexec" in proc.stderr and "prepared" in proc.stderr
+    assert not (built / "artifacts/mobilenet_v2/jetson_orin").exists()
+
+
+def test_onpu_artifact_runs_through_the_runtime_on_cpu(built):
+    session = load(built / "artifacts/mobilenet_v2/rpi5/model.onpu")
+    assert "whole graph on CPU" in session.backend.name
+    metrics = json.loads((built / "artifacts/mobilenet_v2/rpi5/metrics.json").read_text())
+    assert metrics["passed"] and metrics["latency_ms"]["backend"] == session.backend.name
+    manifest = json.loads((built / "artifacts/mobilenet_v2/rpi5/manifest.json").read_text())
+    assert manifest["partition"]["cpu_nodes"] > 0 and manifest["partition"]["npu_nodes"] > 0

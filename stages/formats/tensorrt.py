@@ -37,7 +37,8 @@ def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
     onnx_path = layout.prepared_dir / "model.onnx"
     shutil.copyfile(layout.quantized, onnx_path)
     build_json = layout.prepared_dir / "tensorrt.json"
-    build_json.write_text(json.dumps({**settings, "trtexec": _trtexec_command(layout.prepared_dir, settings),
+    relative = layout.prepared_dir.relative_to(layout.root.parent)  # no machine paths in build outputs
+    build_json.write_text(json.dumps({**settings, "trtexec": _trtexec_command(relative, settings),
                                       "on_device": f"python -m stages.convert model={cfg.model.name} "
                                                    f"target={cfg.target.name}"}, indent=2) + "\n")
     return [onnx_path, build_json]
