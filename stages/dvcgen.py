@@ -58,10 +58,11 @@ def stage_entry(stage: Stage) -> dict[str, Any]:
         "deps": [*code_paths(stage), *(rel(p) for p in stage.deps(layout))],
         "params": [{rel(config): [dvc_param(k) for k in stage.params]}],
     }
-    if stage.name == "evaluate":  # metrics, not cached outputs: `dvc metrics show/diff` read them
-        body["metrics"] = [{o: {"cache": False}} for o in outs]
-    else:
-        body["outs"] = outs
+    metrics = [o for o in outs if o.endswith("metrics.json")]  # `dvc metrics show/diff` read these
+    if metrics:
+        body["metrics"] = [{o: {"cache": False}} for o in metrics]
+    if len(metrics) < len(outs):
+        body["outs"] = [o for o in outs if o not in metrics]
     return {"foreach": f"${{{stage.foreach}}}", "do": body}
 
 

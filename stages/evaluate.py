@@ -3,6 +3,7 @@ measured interleaved in one run, and the target's accuracy budget enforced (non-
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable
@@ -11,7 +12,8 @@ import numpy as np
 
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
-from stages.core.datasets import gold_samples
+from stages.core.datasets import gold_images, preprocess_for
+from stages.core.divergence import layer_divergence
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import Layout
@@ -58,18 +60,21 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
 
     threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    # The board's own preprocessing, exactly as the manifest records it.
-    samples = gold_samples(cfg.model.gold, Manifest.read(layout.manifest).preprocessor())
+    samples = gold_images(cfg.model.gold)
     accepted = [acc for _, _, acc in samples]
-    inputs = [x for _, x, _ in samples]
+    # The float model gets the model's preprocessing; the artifact gets what its manifest tells a
+    # board to feed (for RKNN: uint8 NHWC pixels, normalized on the NPU).
+    to_float, to_board = preprocess_for(cfg.model.input), Manifest.read(layout.manifest).preprocessor()
+    float_inputs = [to_float(image) for _, image, _ in samples]
+    inputs = [to_board(image) for _, image, _ in samples]
     module = build_module(cfg.model)
     with torch.no_grad():
         reference = np.concatenate([module(torch.from_numpy(x)).numpy()
-                                    for x in track(inputs, "float model on the gold set")])
+                                    for x in track(float_inputs, "float model on the gold set")])
     gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
     candidate = gold.outputs
 
-    x0 = torch.from_numpy(inputs[0])
+    x0 = torch.from_numpy(float_inputs[0])
     timed = {"torch_eager_fp32": lambda: module(x0)}
     if gold.timed_call is not None:
         timed["artifact"] = gold.timed_call
@@ -105,6 +110,13 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
                       for (f, _, a), r, c in zip(samples, reference, candidate)],
         **({"analysis": gold.extra} if gold.extra else {}),
     }
+    layout.analysis_dir.mkdir(parents=True, exist_ok=True)
+    if json.loads(layout.quantize_report.read_text())["scheme"] == "ort_static":
+        layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs, cfg.model.input.name)
+        write_json(layout.analysis_dir / "layer_divergence.json", layers)
+        worst = sorted(layers, key=lambda r: r["cosine"])[:5]
+        metrics["layer_divergence"] = {"file": str((layout.analysis_dir / "layer_divergence.json").relative_to(
+            layout.root)), "layers": len(layers), "worst": worst}
     write_json(layout.metrics, metrics)
     print_table(metrics)
     if failures:
@@ -137,8 +149,8 @@ STAGE = Stage(
     params=("model.module", "model.weights", "model.input", "model.output", "model.gold",
             "target.budget", "target.benchmark", "target.runtime"),
     needs=("convert",),
-    deps=lambda L: [L.artifact, L.manifest],
-    outs=lambda L: [L.metrics],
+    deps=lambda L: [L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
+    outs=lambda L: [L.metrics, L.analysis_dir],
     run=evaluate,
     doc="gold check + latency + budget",
     code=("runtime", "stages/formats"),

@@ -31,6 +31,13 @@ def _float(cfg: Config, layout: Layout, out: Path) -> dict:
     return {}
 
 
+@SCHEMES.register("vendor")
+def _vendor(cfg: Config, layout: Layout, out: Path) -> dict:
+    """The vendor toolchain quantizes during convert (RKNN): hand it the float graph."""
+    shutil.copyfile(layout.rewritten, out)
+    return {"quantized_by": f"the {cfg.target.format} toolchain during convert"}
+
+
 @SCHEMES.register("ort_static")
 def _ort_static(cfg: Config, layout: Layout, out: Path) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType

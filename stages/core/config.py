@@ -161,6 +161,7 @@ class RknnConfig:
     quantized_algorithm: str = "normal"  # normal | mmse | kl_divergence
     optimization_level: int = 3
     toolkit_python: Optional[str] = None  # toolkit v1 only: python of a venv with rknn-toolkit 1.x
+    ops: Optional[List[str]] = None  # op types the NPU accepts; other nodes fail the build, named
 
 
 @dataclass

@@ -63,14 +63,14 @@ def resolve(item: ImageItem) -> Path:
     return path
 
 
-def gold_samples(dataset: DatasetConfig, pre: Callable[[Image.Image], np.ndarray]) -> list[tuple[str, np.ndarray, set[int]]]:
-    """(file, input tensor, accepted labels) for every labelled item of a gold set."""
+def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]]]:
+    """(file, RGB image, accepted labels) for every labelled item of a gold set."""
     samples = []
     for item in dataset.items:
         if item.label is None:
             raise BuildError(f"gold set {dataset.name!r} item {item.file!r} has no label",
                              hint="give every gold item a `label` (class index)")
-        samples.append((item.file, pre(load_image(resolve(item))), {item.label, *item.accept}))
+        samples.append((item.file, load_image(resolve(item)), {item.label, *item.accept}))
     return samples
 
 

@@ -60,7 +60,7 @@ def plan_partition(model: Any, npu_ops: list[str], cpu_from: list[str]) -> dict[
                     cpu.add(node.name)
                     changed = True
     npu_nodes = [n for n in nodes if n.name not in cpu]
-    offending = [n for n in npu_nodes if n.op_type not in npu_ops]
+    offending = [n for n in npu_nodes if n.op_type not in (*npu_ops, "Constant")]  # Constant: data, not work
     if offending:
         listed = "; ".join(f"{n.name} ({n.op_type})" for n in offending[:20])
         raise BuildError(f"{len(offending)} node(s) in the NPU partition use ops the NPU lacks: {listed}",

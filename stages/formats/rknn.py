@@ -1,0 +1,209 @@
+"""``rknn`` (rknn-toolkit2: RK3588, RK3566, RV1106, ...) and ``rknn_v1`` (rknn-toolkit 1.x: RK1808).
+
+The toolkit runs in its own venv, in a subprocess (stages/formats/workers/rknn_worker.py), so its pins
+never meet the build's and a compiler crash becomes an error message. The toolkit quantizes
+the float graph itself (quant scheme `vendor`), with the normalization folded into the NPU:
+the board feeds uint8 RGB pixels, NHWC, and the manifest says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from stages.core.errors import BuildError
+from stages.core.layout import PROJECT_ROOT
+from stages.core.log import console
+
+from . import FORMATS, Format, GoldRun
+
+RKNN_VENV = PROJECT_ROOT / ".venv-rknn"
+# In a folder of its own: Python puts the script's folder first on sys.path, and a sibling named
+# like a package the toolkit imports (onnx.py, rknn.py here) would shadow it.
+WORKER = Path(__file__).with_name("workers") / "rknn_worker.py"
+V1_HELP = ("RK1808 needs rknn-toolkit 1.x (1.7.x; Python 3.6-3.8 wheels from Rockchip's rknn-toolkit "
+           "release, not on PyPI; rknn-toolkit2 rejects rk1808 with 'Invalid target_platform'). Install it "
+           "into its own venv, then point the build at that venv's python with "
+           "target.rknn.toolkit_python=/path/to/venv/bin/python or RKNN_TOOLKIT1_PYTHON=/path/to/venv/bin/python")
+
+
+def _rknn(cfg) -> Any:  # noqa: ANN001
+    if cfg.target.rknn is None:
+        raise BuildError(f"target {cfg.target.name!r} has format {cfg.target.format} but no `rknn` section",
+                         hint="add target.rknn.platform (and quantized_dtype, quantized_algorithm)")
+    return cfg.target.rknn
+
+
+def toolkit_python(cfg) -> Optional[Path]:  # noqa: ANN001
+    """The python of the toolkit's venv, or None when it is not installed."""
+    if cfg.target.format == "rknn_v1":
+        path = _rknn(cfg).toolkit_python or os.environ.get("RKNN_TOOLKIT1_PYTHON")
+    else:
+        path = os.environ.get("RKNN_TOOLKIT2_PYTHON") or str(RKNN_VENV / "bin" / "python")
+    return Path(path) if path and Path(path).exists() else None
+
+
+def _unavailable(cfg) -> Optional[str]:  # noqa: ANN001
+    if toolkit_python(cfg) is not None:
+        return None
+    if cfg.target.format == "rknn_v1":
+        return V1_HELP
+    return ("the rknn-toolkit2 venv (.venv-rknn) is missing: run `python3 -m stages.bootstrap setup`, which "
+            "creates it from stages/formats/rknn_requirements.txt (or set RKNN_TOOLKIT2_PYTHON)")
+
+
+def _check_ops(cfg, model_path: Path) -> None:  # noqa: ANN001
+    import onnx
+
+    allowed = _rknn(cfg).ops
+    if not allowed:
+        return
+    # Constant nodes are data the toolkit folds, not work for the NPU.
+    bad = [n for n in onnx.load(str(model_path)).graph.node if n.op_type not in (*allowed, "Constant")]
+    if bad:
+        listed = "; ".join(f"{n.name} ({n.op_type})" for n in bad[:20])
+        raise BuildError(f"{len(bad)} node(s) use ops {cfg.target.name} does not accept: {listed}",
+                         hint="add a rewrite for them to the target (conf/rewrite/), or extend target.rknn.ops "
+                              "if the NPU does support them")
+
+
+def _pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Undo the model's normalization: the toolkit gets raw pixels and normalizes on the NPU."""
+    mean = np.asarray(cfg.model.input.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(cfg.model.input.std, np.float32).reshape(1, -1, 1, 1)
+    return np.clip(np.round(calibration * std + mean), 0, 255).astype(np.float32)
+
+
+def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
+    rk = _rknn(cfg)
+    _check_ops(cfg, layout.quantized)
+    prepared = layout.prepared_dir
+    (prepared / "dataset").mkdir(parents=True, exist_ok=True)
+    model = prepared / "model.onnx"
+    model.write_bytes(layout.quantized.read_bytes())
+    n = cfg.quant.calibration.num_samples
+    pixels = _pixels(cfg, np.load(layout.calibration)[:n])
+    names = []
+    for i, tensor in enumerate(pixels):  # NCHW float32 pixels, one file per sample, as dataset.txt wants
+        name = f"dataset/{i:04d}.npy"
+        np.save(prepared / name, tensor[None])
+        names.append(name)
+    (prepared / "dataset.txt").write_text("\n".join(names) + "\n")
+    config = {"toolkit": 1 if cfg.target.format == "rknn_v1" else 2, "platform": rk.platform,
+              "mean": [list(cfg.model.input.mean)], "std": [list(cfg.model.input.std)],
+              "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": rk.quantized_algorithm,
+              "optimization_level": rk.optimization_level, "onnx": "model.onnx", "dataset": "dataset.txt"}
+    (prepared / "rknn_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return [model, prepared / "dataset.txt", prepared / "rknn_config.json"]
+
+
+def _deterministic_prefix() -> list[str]:
+    """The toolkit's compiler writes heap addresses into the .rknn: with address-space layout
+    randomization off (setarch -R) and a fixed hash seed, identical inputs give identical bytes."""
+    setarch = shutil.which("setarch")
+    return [setarch, platform.machine(), "-R"] if setarch else []
+
+
+def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> dict:  # noqa: ANN001
+    """Run the toolkit on the prepared inputs (cwd = prepared/, so dataset.txt stays relative)."""
+    python = toolkit_python(cfg)
+    if python is None:
+        raise BuildError(_unavailable(cfg) or "RKNN toolkit missing")
+    job = json.loads((layout.prepared_dir / "rknn_config.json").read_text())
+    job.update(output=str(output))
+    with tempfile.TemporaryDirectory() as tmp:
+        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(job))
+        # Always the same argv (the file may hold null): argv sits on the stack, and the compiler's
+        # leaked addresses must not depend on whether a simulation follows.
+        (Path(tmp) / "simulate.json").write_text(json.dumps(simulate))
+        extra = [str(Path(tmp) / "simulate.json")]
+        console.print(f"RKNN toolkit {job['toolkit']}: {cfg.target.rknn.platform} "
+                      f"({job['quantized_dtype']}, {job['quantized_algorithm']})")
+        # A fixed, minimal environment: its size shifts the stack, and with it the leaked addresses.
+        env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "PYTHONHASHSEED": "0",
+               "LANG": "C.UTF-8"}
+        proc = subprocess.run([*_deterministic_prefix(), str(python), str(WORKER), str(job_path), str(result_path),
+                               *extra],
+                              cwd=layout.prepared_dir, capture_output=True, text=True, env=env)
+        log = (proc.stdout + proc.stderr)[-3000:]
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise BuildError(f"the RKNN toolkit crashed with {name} while building for {job['platform']}:\n{log}",
+                             hint="a compiler crash is a toolkit bug for this graph/platform: try another "
+                                  "target.rknn.optimization_level or quantized_algorithm, or report it to Rockchip")
+        if not result_path.exists():
+            raise BuildError(f"the RKNN worker exited {proc.returncode} without a result:\n{log}")
+        result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        raise BuildError(f"RKNN {job['platform']}: {result.get('error')}\n{log}",
+                         hint="check rknn_config.json in the prepared folder against the toolkit's documentation")
+    return result
+
+
+def _toolkit_version(cfg) -> str:  # noqa: ANN001
+    python = toolkit_python(cfg)
+    dist = "rknn-toolkit" if cfg.target.format == "rknn_v1" else "rknn-toolkit2"
+    out = subprocess.run([str(python), "-c", f"from importlib.metadata import version; print(version('{dist}'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def device_inputs(cfg) -> list[dict]:  # noqa: ANN001
+    """What the board feeds: uint8 RGB pixels, NHWC; mean/std are applied on the NPU."""
+    spec = cfg.model.input
+    n, c, h, w = spec.shape
+    return [{"name": spec.name, "shape": [n, h, w, c], "dtype": "uint8", "layout": "NHWC",
+             "preprocess": {"color": spec.color.value, "resize": spec.resize, "crop": [h, w],
+                            "interpolation": spec.interpolation, "mean": [0.0] * c, "std": [1.0] * c},
+             "normalized_on_device": {"mean": list(spec.mean), "std": list(spec.std)}}]
+
+
+def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+    # Export under the artifact's own name in a private folder: the name of the exported file
+    # ends up inside the .rknn, so exporting straight to a random temp name would break
+    # byte-reproducibility.
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = Path(tmp) / layout.artifact.name
+        result = run_worker(cfg, layout, exported)
+        out.write_bytes(exported.read_bytes())
+    dist = "rknn-toolkit" if cfg.target.format == "rknn_v1" else "rknn-toolkit2"
+    rk = cfg.target.rknn
+    return {"inputs": device_inputs(cfg), "toolchain": {dist: _toolkit_version(cfg)},
+            "rknn": {"platform": rk.platform, "quantized_dtype": rk.quantized_dtype,
+                     "quantized_algorithm": rk.quantized_algorithm, "optimization_level": rk.optimization_level,
+                     "build_s": result["times"].get("build_s")}}
+
+
+def _gold(cfg, layout, inputs: list[np.ndarray], threads: int) -> GoldRun:  # noqa: ANN001
+    """The toolkit's simulator: rebuild from the same ONNX in one process (a loaded .rknn cannot
+    run there), check the rebuild is byte-identical to the artifact, run the gold inputs, and save
+    the toolkit's per-layer accuracy_analysis."""
+    analysis = layout.analysis_dir / "rknn_accuracy_analysis"
+    analysis.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        gold, outputs, rebuilt = Path(tmp) / "gold.npy", Path(tmp) / "outputs.npy", Path(tmp) / layout.artifact.name
+        np.save(gold, np.concatenate(inputs))
+        result = run_worker(cfg, layout, rebuilt, simulate={"inputs": str(gold), "outputs": str(outputs),
+                                                            "analysis_dir": str(analysis)})
+        same = hashlib.sha256(rebuilt.read_bytes()).hexdigest() == hashlib.sha256(layout.artifact.read_bytes()).hexdigest()
+        logits = np.load(outputs)
+    return GoldRun(logits, f"rknn-simulator:{cfg.target.rknn.platform}", None,
+                   note="RKNN PC simulator: accuracy only, no device latency",
+                   extra={"simulated_model_is_the_artifact": same, "times": result["times"],
+                          "accuracy_analysis": str(analysis.relative_to(layout.root))})
+
+
+TOOLCHAIN = ("torch", "onnx", "onnxsim", "onnxruntime")
+FORMATS.register("rknn")(Format("rknn", _build, TOOLCHAIN, prepare=_prepare, unavailable=_unavailable, gold=_gold))
+FORMATS.register("rknn_v1")(Format("rknn", _build, TOOLCHAIN, prepare=_prepare, unavailable=_unavailable,
+                                   gold=_gold))

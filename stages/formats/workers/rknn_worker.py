@@ -1,0 +1,108 @@
+"""Run Rockchip's RKNN toolkit on one job, inside the toolkit's own venv, in its own process.
+
+    <venv-rknn>/bin/python stages/formats/workers/rknn_worker.py job.json result.json [simulate.json]
+
+Standard library + numpy + the toolkit only: it runs under the toolkit's pins (onnx<=1.18,
+protobuf<7), never the build's. The parent turns a crash (the compiler can SIGABRT) or any
+non-zero step into a clear error. Every toolkit call's status is checked: config() raises,
+build()/init_runtime()/export_rknn() return non-zero, inference() returns None.
+
+Job keys: toolkit (1 or 2), onnx, platform, mean, std, quantized_dtype, quantized_algorithm,
+optimization_level, dataset (a dataset.txt), output (.rknn path). simulate.json, read only after
+the export: {inputs: .npy (N x H x W x C uint8), outputs: .npy, analysis_dir}. It is a separate
+file so that the build does exactly the same work (and allocations: the compiler writes heap
+addresses into the .rknn) whether or not a simulation follows; the evaluate stage relies on that
+to check that the model it simulates is byte-identical to the artifact.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+
+class StepFailed(Exception):
+    pass
+
+
+def check(step: str, status: object, steps: dict) -> None:
+    steps[step] = status if isinstance(status, int) else ("ok" if status is not None else None)
+    if status is None or (isinstance(status, int) and status != 0):
+        raise StepFailed(f"rknn {step} failed (returned {status!r}); see the toolkit log above")
+
+
+def configure(rknn: object, job: dict) -> None:
+    if job["toolkit"] == 1:  # rknn-toolkit 1.7 (RK1808 / RV1126); not installable on the build host
+        rknn.config(mean_values=job["mean"], std_values=job["std"], reorder_channel="0 1 2",  # type: ignore[attr-defined]
+                    target_platform=[job["platform"]], quantized_dtype=job["quantized_dtype"],
+                    quantized_algorithm=job["quantized_algorithm"],
+                    optimization_level=job["optimization_level"])
+    else:
+        rknn.config(mean_values=job["mean"], std_values=job["std"],  # type: ignore[attr-defined]
+                    target_platform=job["platform"], quantized_dtype=job["quantized_dtype"],
+                    quantized_algorithm=job["quantized_algorithm"],
+                    optimization_level=job["optimization_level"])
+
+
+def run(job: dict, simulate_path: str | None) -> dict:
+    import numpy as np
+    from rknn.api import RKNN
+
+    steps: dict = {}
+    times: dict = {}
+    rknn = RKNN(verbose=False)
+    try:
+        start = time.time()
+        try:
+            configure(rknn, job)
+        except Exception as exc:  # config() raises on a bad platform or dtype
+            raise StepFailed(f"rknn config rejected the target: {exc}") from None
+        check("load_onnx", rknn.load_onnx(model=job["onnx"]), steps)
+        check("build", rknn.build(do_quantization=True, dataset=job["dataset"]), steps)
+        times["build_s"] = round(time.time() - start, 2)
+        check("export_rknn", rknn.export_rknn(job["output"]), steps)
+        sim = None
+        if simulate_path:
+            with open(simulate_path) as f:
+                sim = json.load(f)
+        if sim:
+            start = time.time()
+            check("init_runtime", rknn.init_runtime(), steps)
+            inputs = np.load(sim["inputs"])
+            outputs = []
+            for i in range(len(inputs)):
+                out = rknn.inference(inputs=[inputs[i:i + 1]], data_format="nhwc")
+                check(f"inference[{i}]", out, steps)
+                outputs.append(np.asarray(out[0]).reshape(1, -1))
+            np.save(sim["outputs"], np.concatenate(outputs))
+            times["simulate_s"] = round(time.time() - start, 2)
+            if sim.get("analysis_dir"):
+                first = sim["analysis_dir"] + "/input0.npy"
+                np.save(first, inputs[0:1].transpose(0, 3, 1, 2))  # accuracy_analysis reads .npy as NCHW
+                start = time.time()
+                check("accuracy_analysis", rknn.accuracy_analysis(inputs=[first], output_dir=sim["analysis_dir"]),
+                      steps)
+                times["accuracy_analysis_s"] = round(time.time() - start, 2)
+        return {"ok": True, "steps": steps, "times": times}
+    except StepFailed as exc:
+        return {"ok": False, "error": str(exc), "steps": steps, "times": times}
+    finally:
+        rknn.release()
+
+
+def main() -> int:
+    job_path, result_path = sys.argv[1], sys.argv[2]
+    with open(job_path) as f:
+        job = json.load(f)
+    try:
+        result = run(job, sys.argv[3] if len(sys.argv) > 3 else None)
+    except Exception:
+        result = {"ok": False, "error": "toolkit raised:\n" + traceback.format_exc(limit=5)}
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
