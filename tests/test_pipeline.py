@@ -203,3 +203,20 @@ def test_onpu_artifact_runs_through_the_runtime_on_cpu(built):
     assert metrics["passed"] and metrics["latency_ms"]["backend"] == session.backend.name
     manifest = json.loads((built / "artifacts/mobilenet_v2/rpi5/manifest.json").read_text())
     assert manifest["partition"]["cpu_nodes"] > 0 and manifest["partition"]["npu_nodes"] > 0
+
+
+@pytest.mark.parametrize("target", ["rk3588", "rk3566", "rv1106"])
+def test_rknn_artifacts_were_checked_in_the_simulator_as_built(built, target):
+    folder = built / "artifacts/mobilenet_v2" / target
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["inputs"][0]["layout"] == "NHWC"
+    assert manifest["toolchain"]["rknn-toolkit2"] == "2.5.0" and manifest["rknn"]["platform"] == target
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["analysis"]["simulated_model_is_the_artifact"] is True
+    assert metrics["latency_ms"]["artifact"] is None and metrics["speedup"] is None  # no fake device timing
+    analysis = built / "artifacts" / metrics["analysis"]["accuracy_analysis"]
+    assert "cos" in (analysis / "error_analysis.txt").read_text()
+    from runtime import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="runs only on that board"):
+        load(folder / "model.rknn")
