@@ -220,3 +220,23 @@ def test_rknn_artifacts_were_checked_in_the_simulator_as_built(built, target):
 
     with pytest.raises(BackendUnavailable, match="runs only on that board"):
         load(folder / "model.rknn")
+
+
+def test_torchscript_backend_runs_a_traced_model_through_load(built, tmp_path):
+    """The .pt backend (rpi4_torch's format) on the real traced MobileNetV2, against ONNX Runtime."""
+    import hashlib
+
+    folder = tmp_path / "pt"
+    folder.mkdir()
+    shutil.copy(built / "artifacts/_build/mobilenet_v2/traced.pt", folder / "model.pt")
+    manifest = json.loads((built / ART / "manifest.json").read_text())
+    manifest.update(format="torchscript", artifact="model.pt", quant="fp32",
+                    sha256=hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    session = load(folder / "model.pt")
+    assert session.backend.name == "torchscript:fp32"
+    x = session.preprocess(load_image("/usr/share/doc/opencv-doc/examples/data/orange.jpg"))
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(str(built / "artifacts/_build/mobilenet_v2/simplified.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_allclose(session.run(x), reference, atol=1e-3)
