@@ -7,7 +7,7 @@ from stages.core.errors import ToolchainUnavailable
 from stages.core.fileio import atomic_path, write_json
 from stages.core.layout import Layout
 from stages.core.log import console
-from stages.core.manifest import build_manifest
+from stages.core.manifest import describe, seal
 from stages.core.pipeline import Stage
 from stages.core import onnxgraph
 from stages.formats import FORMATS
@@ -24,13 +24,12 @@ def convert(cfg: Config, layout: Layout) -> dict:
         raise ToolchainUnavailable(f"{cfg.model.name} for {cfg.target.name} cannot be built here: {reason}",
                                    hint=f"the toolchain's inputs are prepared: {where}")
     out = layout.artifact
+    manifest = describe(cfg, cfg.target.format, out.name, onnxgraph.io_specs(onnx.load(str(layout.quantized))),
+                        fmt.toolchain, sources={"quantized.onnx": layout.quantized})
     with atomic_path(out) as tmp:
-        extra = fmt.build(cfg, layout, tmp)
-        manifest = build_manifest(
-            cfg, cfg.target.format, tmp, onnxgraph.io_specs(onnx.load(str(layout.quantized))), fmt.toolchain,
-            sources={"quantized.onnx": layout.quantized})
+        extra = fmt.build(cfg, layout, tmp, manifest)
         manifest["toolchain"].update(extra.pop("toolchain", {}))  # e.g. a vendor toolkit in its own venv
-        manifest.update(artifact=out.name, **extra)
+        manifest = seal({**manifest, **extra}, tmp)
     # The artifact lands first: a crash before the manifest leaves a mismatch the runtime rejects.
     write_json(layout.manifest, manifest)
     console.print(f"wrote {out.relative_to(layout.root.parent)} ({manifest['size_bytes'] / 1e6:.2f} MB, "

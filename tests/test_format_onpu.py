@@ -54,13 +54,14 @@ def build_onpu(tmp_path: Path, ops=NPU_OPS) -> Path:
     cfg = SimpleNamespace(target=SimpleNamespace(npu=SimpleNamespace(
         ops=ops, cpu_from=["GlobalAveragePool"], execution_provider="FakeNpuExecutionProvider")))
     out = tmp_path / "model.onpu"
-    FORMATS.get("onpu").build(cfg, SimpleNamespace(quantized=quantized), out)
+    FORMATS.get("onpu").build(cfg, SimpleNamespace(quantized=quantized), out, {"model": "tiny", "format": "onpu"})
     return out
 
 
 def test_partitions_chain_to_the_whole_graph_and_cut_on_8bit(tmp_path):
     out = build_onpu(tmp_path)
     header, members = read_container(out)
+    assert json.loads(members["manifest.json"]) == {"model": "tiny", "format": "onpu"}
     plan = header["partition"]
     assert plan["cpu"]["nodes"] and "gap" in plan["cpu"]["nodes"] and "conv1" in plan["npu"]["nodes"]
     assert set(plan["cut_dtypes"].values()) <= {"uint8", "int8"}
@@ -82,7 +83,7 @@ def test_container_is_byte_reproducible(tmp_path):
 
 def test_runtime_falls_back_to_cpu_and_says_so(tmp_path):
     out = build_onpu(tmp_path)
-    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={})
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu"})
     backend = open_onpu(out, manifest)
     assert "FakeNpuExecutionProvider not registered" in backend.name and "whole graph on CPU" in backend.name
     assert backend.run({"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 5)
@@ -103,3 +104,10 @@ def test_a_corrupt_member_is_rejected(tmp_path):
 def test_an_op_the_npu_lacks_is_named(tmp_path):
     with pytest.raises(BuildError, match=r"conv1 \(Conv\)"):
         build_onpu(tmp_path, ops=[op for op in NPU_OPS if op != "Conv"])
+
+
+def test_a_container_with_another_builds_manifest_is_rejected(tmp_path):
+    out = build_onpu(tmp_path)
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "other", "format": "onpu"})
+    with pytest.raises(RuntimeLoadError, match="model"):
+        open_onpu(out, manifest)

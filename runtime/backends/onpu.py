@@ -56,6 +56,11 @@ def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None
     except ImportError:
         raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
     header, members = read_container(path)
+    inner = json.loads(members.get("manifest.json", b"{}"))
+    mismatched = [k for k, v in inner.items() if k in manifest.raw and manifest.raw[k] != v]
+    if mismatched:
+        raise RuntimeLoadError(f"{path}: the manifest inside the container disagrees with the one beside it "
+                               f"on {mismatched}; copy the artifact and its manifest.json from the same build")
     options = ort.SessionOptions()
     options.intra_op_num_threads = manifest.threads(threads)
     npu_ep = header["execution_provider"]

@@ -23,8 +23,11 @@ def toolchain_versions(packages: Iterable[str]) -> dict[str, str]:
     return versions
 
 
-def build_manifest(cfg: Config, fmt: str, artifact: Path, io: tuple[list[dict], list[dict]],
-                   toolchain: Iterable[str], sources: dict[str, Path]) -> dict[str, Any]:
+def describe(cfg: Config, fmt: str, artifact_name: str, io: tuple[list[dict], list[dict]],
+             toolchain: Iterable[str], sources: dict[str, Path]) -> dict[str, Any]:
+    """Everything the manifest says except the artifact's own hash and size (see ``seal``).
+
+    A container format can embed this in the artifact itself (.onpu does)."""
     inputs, outputs = io
     spec = cfg.model.input
     for tensor in inputs:
@@ -37,9 +40,7 @@ def build_manifest(cfg: Config, fmt: str, artifact: Path, io: tuple[list[dict], 
     return {
         "schema": SCHEMA_VERSION,
         "format": fmt,
-        "artifact": artifact.name,
-        "sha256": sha256_file(artifact),
-        "size_bytes": artifact.stat().st_size,
+        "artifact": artifact_name,
         "model": cfg.model.name,
         "target": cfg.target.name,
         "board": cfg.target.board,
@@ -52,3 +53,8 @@ def build_manifest(cfg: Config, fmt: str, artifact: Path, io: tuple[list[dict], 
         "sources": {name: sha256_file(path) for name, path in sources.items()},
         "config": to_plain(cfg),
     }
+
+
+def seal(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
+    """Add the artifact's sha256 and size: what the runtime checks before it loads anything."""
+    return {**manifest, "sha256": sha256_file(artifact), "size_bytes": artifact.stat().st_size}

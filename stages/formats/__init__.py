@@ -6,7 +6,8 @@ toolchain that is not installed here still leaves everything a user needs to fin
   prepare      write the vendor tool's inputs (graph, calibration list, tool config) into
                artifacts/_build/<model>/<target>/prepared/
   unavailable  None when the toolchain is usable here, else the reason and what to install
-  build        write the artifact; return extra manifest fields (e.g. GPU and TensorRT version)
+  build        write the artifact (given the manifest so far, which a container may embed);
+               return extra manifest fields (e.g. GPU and TensorRT version)
 
 ``gold`` runs the artifact on gold inputs for the evaluate stage; formats the runtime cannot
 run on this machine (RKNN: only the toolkit's simulator) bring their own.
@@ -48,7 +49,7 @@ def _always_available(cfg: "Config") -> Optional[str]:
 @dataclass(frozen=True)
 class Format:
     ext: str
-    build: Callable[["Config", "Layout", Path], dict]
+    build: Callable[["Config", "Layout", Path, dict], dict]
     toolchain: tuple[str, ...]  # packages whose versions the manifest records
     prepare: Callable[["Config", "Layout"], list[Path]] = _nothing_to_prepare
     unavailable: Callable[["Config"], Optional[str]] = _always_available

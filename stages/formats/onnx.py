@@ -7,7 +7,7 @@ from pathlib import Path
 from . import FORMATS, Format
 
 
-def _copy_quantized(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+def _copy_quantized(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - see Format.build
     shutil.copyfile(layout.quantized, out)
     return {}
 

@@ -5,6 +5,7 @@ A zip (stored, sorted, fixed timestamps: byte-reproducible) holding
   model.onnx  the whole INT8 QDQ graph (what runs when no NPU provider is registered)
   npu.onnx    the backbone partition, restricted to the NPU's op set
   cpu.onnx    the head partition, run by the CPU (absent when the NPU runs everything)
+  manifest.json  the build manifest, less the container's own sha256 and size
 The cut between the partitions is placed on 8-bit tensors where the graph allows it.
 """
 from __future__ import annotations
@@ -102,7 +103,7 @@ def write_container(out: Path, members: dict[str, bytes], header: dict[str, Any]
             zf.writestr(info, entries[name])
 
 
-def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - see Format.build
     import onnx
     from onnx.utils import extract_model
 
@@ -121,6 +122,8 @@ def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
             members[f"{part}.onnx"] = path.read_bytes()
     header = {"format": "onpu", "version": ONPU_VERSION, "execution_provider": npu.execution_provider,
               "partition": plan}
+    # The manifest travels inside the container too (all but the container's own hash and size).
+    members["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
     write_container(out, members, header)
     return {"partition": {"npu_nodes": len(plan["npu"]["nodes"]), "cpu_nodes": len(plan["cpu"]["nodes"]),
                           "cut": plan["cpu"]["inputs"], "cut_dtypes": plan["cut_dtypes"]}}

@@ -168,7 +168,7 @@ def device_inputs(cfg) -> list[dict]:  # noqa: ANN001
              "normalized_on_device": {"mean": list(spec.mean), "std": list(spec.std)}}]
 
 
-def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - see Format.build
     # Export under the artifact's own name in a private folder: the name of the exported file
     # ends up inside the .rknn, so exporting straight to a random temp name would break
     # byte-reproducibility.

@@ -55,7 +55,7 @@ def _unavailable(cfg) -> Optional[str]:  # noqa: ANN001
     return None
 
 
-def _build(cfg, layout, out: Path) -> dict:  # noqa: ANN001 - see Format.build
+def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - see Format.build
     import tensorrt as trt  # type: ignore[import-not-found]
 
     settings = _settings(cfg)
