@@ -130,8 +130,9 @@ def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> di
         console.print(f"RKNN toolkit {job['toolkit']}: {cfg.target.rknn.platform} "
                       f"({job['quantized_dtype']}, {job['quantized_algorithm']})")
         # A fixed, minimal environment: its size shifts the stack, and with it the leaked addresses.
+        # TQDM_DISABLE: progress strings vary with timing and shift the heap too.
         env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "PYTHONHASHSEED": "0",
-               "LANG": "C.UTF-8"}
+               "LANG": "C.UTF-8", "TQDM_DISABLE": "1"}
         proc = subprocess.run([*_deterministic_prefix(), str(python), str(WORKER), str(job_path), str(result_path),
                                *extra],
                               cwd=layout.prepared_dir, capture_output=True, text=True, env=env)

@@ -17,19 +17,31 @@ to check that the model it simulates is byte-identical to the artifact.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 import traceback
+from typing import Callable
 
 
 class StepFailed(Exception):
     pass
 
 
-def check(step: str, status: object, steps: dict) -> None:
+def check(step: str, call: Callable[[], object], steps: dict) -> object:
+    """Run one toolkit call. It fails in three ways: it raises (a ValueError wrapping the whole
+    traceback), returns non-zero (build, init_runtime, export_rknn) or returns None (inference)."""
+    try:
+        status = call()
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        steps[step] = "raised"
+        raise StepFailed(f"rknn {step} raised: {lines[-1] if lines else type(exc).__name__}") from None
     steps[step] = status if isinstance(status, int) else ("ok" if status is not None else None)
     if status is None or (isinstance(status, int) and status != 0):
         raise StepFailed(f"rknn {step} failed (returned {status!r}); see the toolkit log above")
+    return status
 
 
 def configure(rknn: object, job: dict) -> None:
@@ -56,24 +68,25 @@ def run(job: dict, simulate_path: str | None) -> dict:
         start = time.time()
         try:
             configure(rknn, job)
-        except Exception as exc:  # config() raises on a bad platform or dtype
-            raise StepFailed(f"rknn config rejected the target: {exc}") from None
-        check("load_onnx", rknn.load_onnx(model=job["onnx"]), steps)
-        check("build", rknn.build(do_quantization=True, dataset=job["dataset"]), steps)
+        except Exception as exc:  # config() raises on a bad platform or dtype, wrapping a whole traceback
+            lines = str(exc).strip().splitlines()
+            raise StepFailed(f"rknn config rejected the target: {lines[-1] if lines else exc!r}") from None
+        check("load_onnx", lambda: rknn.load_onnx(model=job["onnx"]), steps)
+        check("build", lambda: rknn.build(do_quantization=True, dataset=job["dataset"]), steps)
         times["build_s"] = round(time.time() - start, 2)
-        check("export_rknn", rknn.export_rknn(job["output"]), steps)
+        check("export_rknn", lambda: rknn.export_rknn(job["output"]), steps)
         sim = None
         if simulate_path:
             with open(simulate_path) as f:
                 sim = json.load(f)
         if sim:
             start = time.time()
-            check("init_runtime", rknn.init_runtime(), steps)
+            check("init_runtime", rknn.init_runtime, steps)
             inputs = np.load(sim["inputs"])
             outputs = []
             for i in range(len(inputs)):
-                out = rknn.inference(inputs=[inputs[i:i + 1]], data_format="nhwc")
-                check(f"inference[{i}]", out, steps)
+                out = check(f"inference[{i}]", lambda: rknn.inference(inputs=[inputs[i:i + 1]], data_format="nhwc"),
+                            steps)
                 outputs.append(np.asarray(out[0]).reshape(1, -1))
             np.save(sim["outputs"], np.concatenate(outputs))
             times["simulate_s"] = round(time.time() - start, 2)
@@ -81,8 +94,11 @@ def run(job: dict, simulate_path: str | None) -> dict:
                 first = sim["analysis_dir"] + "/input0.npy"
                 np.save(first, inputs[0:1].transpose(0, 3, 1, 2))  # accuracy_analysis reads .npy as NCHW
                 start = time.time()
-                check("accuracy_analysis", rknn.accuracy_analysis(inputs=[first], output_dir=sim["analysis_dir"]),
-                      steps)
+                check("accuracy_analysis",
+                      lambda: rknn.accuracy_analysis(inputs=[first], output_dir=sim["analysis_dir"]), steps)
+                for dump in ("golden", "simulator"):  # per-layer text dumps, ~340 MB for MobileNetV2
+                    shutil.rmtree(os.path.join(sim["analysis_dir"], dump), ignore_errors=True)
+                os.remove(first)
                 times["accuracy_analysis_s"] = round(time.time() - start, 2)
         return {"ok": True, "steps": steps, "times": times}
     except StepFailed as exc:
