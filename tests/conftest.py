@@ -15,8 +15,13 @@ COPY_IGNORE = shutil.ignore_patterns(".venv*", ".git", "artifacts", "__pycache__
 
 
 def project_env() -> dict[str, str]:
-    """The environment stage subprocesses need: this venv's bin first on PATH, no CI colour codes."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    """The environment stage subprocesses need: this venv's bin first on PATH, and the RKNN
+    toolkit's venv, which lives in the real checkout, not in the temporary copies tests build in."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    rknn_python = ROOT / ".venv-rknn" / "bin" / "python"
+    if rknn_python.exists() and "RKNN_TOOLKIT2_PYTHON" not in env:
+        env["RKNN_TOOLKIT2_PYTHON"] = str(rknn_python)
+    return env
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
