@@ -14,7 +14,7 @@ run on this machine (RKNN: only the toolkit's simulator) bring their own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -35,7 +35,7 @@ class GoldRun:
     backend: str
     timed_call: Optional[Callable[[], Any]]  # one inference on gold input 0; None on a simulator
     note: str = ""
-    extra: dict = None  # type: ignore[assignment]
+    extra: dict = field(default_factory=dict)
 
 
 def _nothing_to_prepare(cfg: "Config", layout: "Layout") -> list[Path]:

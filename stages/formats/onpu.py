@@ -77,20 +77,20 @@ def plan_partition(model: Any, npu_ops: list[str], cpu_from: list[str]) -> dict[
                 "outputs": npu_outputs},
         "cpu": {"nodes": [n.name for n in nodes if n.name in cpu], "inputs": cut,
                 "outputs": [o for o in graph_outputs if o not in npu_outputs]},
-        "cut_dtypes": {name: _dtype_of(model, name) for name in cut},
+        "cut_dtypes": _dtypes_of(model, cut),
         "npu_ops": sorted({n.op_type for n in nodes if n.name in npu_names}),
         "cpu_ops": sorted({n.op_type for n in nodes if n.name in cpu}),
     }
 
 
-def _dtype_of(model: Any, name: str) -> str:
+def _dtypes_of(model: Any, names: list[str]) -> dict[str, str]:
+    """Element types of the named tensors, from one shape-inference pass."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        if info.name == name:
-            return onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).name
-    return "unknown"
+    types = {info.name: onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).name
+             for info in [*inferred.graph.value_info, *inferred.graph.output]}
+    return {name: types.get(name, "unknown") for name in names}
 
 
 def write_container(out: Path, members: dict[str, bytes], header: dict[str, Any]) -> None:
