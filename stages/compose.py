@@ -30,11 +30,12 @@ def with_digests(plain: dict[str, Any]) -> dict[str, Any]:
     conf = OmegaConf.create(plain)
     digests = {}
     for key, tracked in DIGESTED.items():
-        value = OmegaConf.select(conf, key)
-        if value is not None:
-            data = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            blob = json.dumps(data, sort_keys=True).encode()
-            digests[tracked.split(".", 1)[1]] = hashlib.sha256(blob).hexdigest()
+        if key.split(".")[0] not in plain:
+            continue  # a model config has no target/rewrite section
+        value = OmegaConf.select(conf, key)  # None digests too: DVC fails on a missing param
+        data = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        blob = json.dumps(data, sort_keys=True).encode()
+        digests[tracked.split(".", 1)[1]] = hashlib.sha256(blob).hexdigest()
     return {**plain, "digest": digests}
 
 

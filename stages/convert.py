@@ -1,4 +1,4 @@
-"""convert: the target's device artifact plus its manifest, in artifacts/<model>/<target>/."""
+"""convert: the operator check, then the target's device artifact plus its manifest, in artifacts/<model>/<target>/."""
 from __future__ import annotations
 
 from stages.core.cli import hydra_entry
@@ -8,6 +8,7 @@ from stages.core.fileio import atomic_path, write_json
 from stages.core.layout import Layout
 from stages.core.log import console
 from stages.core.manifest import describe, seal
+from stages.core.opcheck import check_operators
 from stages.core.pipeline import Stage
 from stages.core import onnxgraph
 from stages.formats import FORMATS
@@ -17,6 +18,9 @@ def convert(cfg: Config, layout: Layout) -> dict:
     import onnx
 
     fmt = FORMATS.get(cfg.target.format)
+    graph = onnx.load(str(layout.quantized))
+    nodes, where = fmt.accelerated(cfg, graph)
+    check_operators(nodes, cfg.target.operators, cfg.target.name, where)
     prepared = fmt.prepare(cfg, layout)
     reason = fmt.unavailable(cfg)
     if reason:
@@ -24,7 +28,7 @@ def convert(cfg: Config, layout: Layout) -> dict:
         raise ToolchainUnavailable(f"{cfg.model.name} for {cfg.target.name} cannot be built here: {reason}",
                                    hint=f"the toolchain's inputs are prepared: {where}")
     out = layout.artifact
-    manifest = describe(cfg, cfg.target.format, out.name, onnxgraph.io_specs(onnx.load(str(layout.quantized))),
+    manifest = describe(cfg, cfg.target.format, out.name, onnxgraph.io_specs(graph),
                         fmt.toolchain, sources={"quantized.onnx": layout.quantized})
     with atomic_path(out) as tmp:
         extra = fmt.build(cfg, layout, tmp, manifest)

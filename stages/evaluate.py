@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Callable
 
 import numpy as np
 
+from stages.core.bench import paired_latency
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
 from stages.core.datasets import gold_images, preprocess_for
@@ -23,24 +23,16 @@ from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 
 
-def paired_latency(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
-    """Median ms per call of each candidate, measured in alternating blocks within one run.
+PER_IMAGE_ALL = 100  # larger gold sets list only the inputs where float and artifact disagree
+DIVERGENCE_INPUTS = 64  # per-layer statistics settle long before 10,000 inputs
 
-    Blocks (not call-by-call interleaving) because the libraries' thread pools spin after a call:
-    on a 2-core machine, ORT's spinning threads would otherwise be timed as PyTorch's latency.
-    Alternating rounds still spread slow periods of a shared vCPU over every candidate.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    per_round = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(max(1, warmup // rounds)):
-                fn()
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+def per_image(samples: list, reference: np.ndarray, candidate: np.ndarray) -> list[dict]:
+    rows = [{"file": f, "accept": sorted(a), "float_top1": int(r.argmax()), "artifact_top1": int(c.argmax())}
+            for (f, _, a), r, c in zip(samples, reference, candidate)]
+    if len(rows) <= PER_IMAGE_ALL:
+        return rows
+    return [r for r in rows if r["float_top1"] != r["artifact_top1"]][:PER_IMAGE_ALL]
 
 
 def runtime_gold(cfg: Config, layout: Layout, inputs: list[np.ndarray], threads: int) -> GoldRun:
@@ -56,7 +48,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     import torch
 
     from runtime.manifest import Manifest
-    from stages.core.models import build_module
+    from stages.core.models import float_module
 
     threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
@@ -67,10 +59,11 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     to_float, to_board = preprocess_for(cfg.model.input), Manifest.read(layout.manifest).preprocessor()
     float_inputs = [to_float(image) for _, image, _ in samples]
     inputs = [to_board(image) for _, image, _ in samples]
-    module = build_module(cfg.model)
-    with torch.no_grad():
+    module = float_module(cfg.model, layout.weights)
+    with torch.no_grad():  # batched: the float model is shape-agnostic, and gold sets reach 10,000 images
+        batches = [np.concatenate(float_inputs[i:i + 250]) for i in range(0, len(float_inputs), 250)]
         reference = np.concatenate([module(torch.from_numpy(x)).numpy()
-                                    for x in track(float_inputs, "float model on the gold set")])
+                                    for x in track(batches, "float model on the gold set")])
     gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
     candidate = gold.outputs
 
@@ -105,13 +98,13 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
                        "note": gold.note},
         "speedup": latency["torch_eager_fp32"] / latency["artifact"] if latency["artifact"] else None,
         "size_bytes": layout.artifact.stat().st_size,
-        "per_image": [{"file": f, "accept": sorted(a), "float_top1": int(r.argmax()), "artifact_top1": int(c.argmax())}
-                      for (f, _, a), r, c in zip(samples, reference, candidate)],
+        "per_image": per_image(samples, reference, candidate),
         **({"analysis": gold.extra} if gold.extra else {}),
     }
     layout.analysis_dir.mkdir(parents=True, exist_ok=True)
     if json.loads(layout.quantize_report.read_text())["scheme"] == "ort_static":
-        layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs, cfg.model.input.name)
+        layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs[:DIVERGENCE_INPUTS],
+                                  cfg.model.input.name)
         write_json(layout.analysis_dir / "layer_divergence.json", layers)
         worst = sorted(layers, key=lambda r: r["cosine"])[:5]
         metrics["layer_divergence"] = {"file": str((layout.analysis_dir / "layer_divergence.json").relative_to(
@@ -146,14 +139,14 @@ def print_table(m: dict) -> None:
 
 STAGE = Stage(
     name="evaluate", scope="build",
-    params=("model.module", "model.weights", "model.input", "model.output", "model.gold",
+    params=("model.module", "model.surgery", "model.input", "model.output", "model.gold",
             "target.budget", "target.benchmark", "target.runtime"),
     needs=("convert",),
-    deps=lambda L: [L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
+    deps=lambda L: [L.weights, L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
     outs=lambda L: [L.metrics, L.analysis_dir],
     run=evaluate,
     doc="gold check + latency + budget",
-    code=("runtime", "stages/formats"),
+    code=("runtime", "stages/formats", "stages/rewrites/modules.py", "stages/zoo"),
     fanout="builds",
 )
 

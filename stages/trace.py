@@ -11,9 +11,9 @@ from stages.core.pipeline import Stage
 def trace(cfg: Config, layout: Layout) -> None:
     import torch
 
-    from stages.core.models import build_module
+    from stages.core.models import float_module
 
-    module = build_module(cfg.model)
+    module = float_module(cfg.model, layout.weights)
     example = torch.zeros(cfg.model.input.shape)
     with torch.no_grad():
         traced = torch.jit.trace(module, example)
@@ -23,12 +23,13 @@ def trace(cfg: Config, layout: Layout) -> None:
 
 STAGE = Stage(
     name="trace", scope="model",
-    params=("model.module", "model.weights", "model.input"),
-    needs=(),
-    deps=lambda L: [],
+    params=("model.module", "model.surgery", "model.input"),
+    needs=("train",),
+    deps=lambda L: [L.weights],
     outs=lambda L: [L.traced],
     run=trace,
     doc="float model -> TorchScript",
+    code=("stages/rewrites/modules.py", "stages/zoo"),
 )
 
 if __name__ == "__main__":

@@ -49,10 +49,14 @@ def tiny_qdq_model(tmp_path: Path) -> Path:
     return q_path
 
 
-def build_onpu(tmp_path: Path, ops=NPU_OPS) -> Path:
+def onpu_cfg() -> SimpleNamespace:
+    return SimpleNamespace(target=SimpleNamespace(name="fake_npu", npu=SimpleNamespace(
+        cpu_from=["GlobalAveragePool"], execution_provider="FakeNpuExecutionProvider")))
+
+
+def build_onpu(tmp_path: Path) -> Path:
     quantized = tiny_qdq_model(tmp_path)
-    cfg = SimpleNamespace(target=SimpleNamespace(npu=SimpleNamespace(
-        ops=ops, cpu_from=["GlobalAveragePool"], execution_provider="FakeNpuExecutionProvider")))
+    cfg = onpu_cfg()
     out = tmp_path / "model.onpu"
     FORMATS.get("onpu").build(cfg, SimpleNamespace(quantized=quantized), out, {"model": "tiny", "format": "onpu"})
     return out
@@ -101,9 +105,16 @@ def test_a_corrupt_member_is_rejected(tmp_path):
         read_container(out)
 
 
-def test_an_op_the_npu_lacks_is_named(tmp_path):
-    with pytest.raises(BuildError, match=r"conv1 \(Conv\)"):
-        build_onpu(tmp_path, ops=[op for op in NPU_OPS if op != "Conv"])
+def test_only_the_npu_partition_is_operator_checked(tmp_path):
+    from stages.core.config import OperatorsConfig
+    from stages.core.opcheck import check_operators
+
+    model = onnx.load(str(tiny_qdq_model(tmp_path)))
+    nodes, where = FORMATS.get("onpu").accelerated(onpu_cfg(), model)
+    assert where == "the NPU partition" and {"gap", "fc"}.isdisjoint(n.name for n in nodes)
+    check_operators(nodes, OperatorsConfig(allowed=NPU_OPS), "fake_npu", where)  # the head's Gemm is not checked
+    with pytest.raises(BuildError, match=r"in the NPU partition[\s\S]*conv1 \(Conv\)"):
+        check_operators(nodes, OperatorsConfig(allowed=[op for op in NPU_OPS if op != "Conv"]), "fake_npu", where)
 
 
 def test_a_container_with_another_builds_manifest_is_rejected(tmp_path):

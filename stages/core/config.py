@@ -65,11 +65,23 @@ class AugmentConfig:
 
 
 @dataclass
+class IdxConfig:
+    """Images and labels in IDX files (the MNIST family), gzip or plain."""
+
+    source: str = MISSING  # a registered folder (stages.core.datasets.SOURCES)
+    images: str = MISSING  # e.g. t10k-images-idx3-ubyte.gz
+    labels: Optional[str] = None  # e.g. t10k-labels-idx1-ubyte.gz
+    start: int = 0  # first record used
+    count: Optional[int] = None  # records used; None: to the end
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
     description: str = ""
     labels: Optional[str] = None  # class-name list the indices refer to (e.g. imagenet1k)
-    items: List[ImageItem] = MISSING
+    items: List[ImageItem] = field(default_factory=list)  # photos, one by one ...
+    idx: Optional[IdxConfig] = None  # ... or a whole IDX file
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -109,6 +121,63 @@ class ExportConfig:
     simplifier: str = "onnxsim"  # onnxsim | none
 
 
+# ---------------------------------------------------------------- rewrites (graph: per target; module: model surgery)
+class RewriteKind(str, enum.Enum):
+    graph = "graph"  # an ONNX graph edit: exact, or within a bound its module states
+    module = "module"  # a PyTorch module swap that changes the function: the model is fine-tuned after it
+
+
+@dataclass
+class OpPattern:
+    """An ONNX op type, optionally only with some attribute values (e.g. Resize with mode=linear)."""
+
+    op: str = MISSING
+    attrs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewriteConfig:
+    """One rewrite: a registered function and its parameters (validated by that function)."""
+
+    fn: str = MISSING
+    kind: RewriteKind = RewriteKind.graph
+    description: str = ""
+    params: Dict[str, Any] = field(default_factory=dict)
+    removes: List[OpPattern] = field(default_factory=list)  # what it takes out of a graph (for the operator check)
+
+
+@dataclass
+class RecipeConfig:
+    """SGD with momentum, cosine or constant learning rate: enough for the small models trained here."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+    flip: bool = False  # random horizontal flips
+    seed: int = 0
+    threads: int = 2  # torch threads; results are reproducible for a given count
+
+
+@dataclass
+class TrainConfig:
+    """Train the model (from `weights`, usually `none`: from scratch) in the train stage."""
+
+    data: DatasetConfig = MISSING  # training split; evaluated on `model.gold` after every epoch
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+
+@dataclass
+class SurgeryConfig:
+    """Module rewrites (conf/rewrite/, kind: module) applied to the trained model, then fine-tuning."""
+
+    rewrites: Dict[str, RewriteConfig] = field(default_factory=dict)
+    finetune: RecipeConfig = field(default_factory=RecipeConfig)
+    data: Optional[DatasetConfig] = None  # fine-tuning data; default: model.train.data
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -121,6 +190,8 @@ class ModelConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     gold: DatasetConfig = MISSING
     calibration: DatasetConfig = MISSING
+    train: Optional[TrainConfig] = None
+    surgery: Optional[SurgeryConfig] = None
 
 
 # ---------------------------------------------------------------- target
@@ -147,7 +218,6 @@ class BenchmarkConfig:
 class NpuConfig:
     """An NPU that runs part of the graph, with the rest falling back to the CPU (format: onpu)."""
 
-    ops: List[str] = MISSING  # op types the NPU firmware accepts (QDQ ops included)
     cpu_from: List[str] = field(default_factory=list)  # the first node of one of these op types starts the CPU head
     execution_provider: str = MISSING  # the ORT execution provider a board registers for the NPU
 
@@ -161,7 +231,6 @@ class RknnConfig:
     quantized_algorithm: str = "normal"  # normal | mmse | kl_divergence
     optimization_level: int = 3
     toolkit_python: Optional[str] = None  # toolkit v1 only: python of a venv with rknn-toolkit 1.x
-    ops: Optional[List[str]] = None  # op types the NPU accepts; other nodes fail the build, named
 
 
 @dataclass
@@ -170,6 +239,14 @@ class TensorRTConfig:
     int8: bool = True
     workspace_mb: int = 2048
     timing_cache: Optional[str] = None  # reused across builds on the same GPU when set
+
+
+@dataclass
+class OperatorsConfig:
+    """What the target's accelerator accepts, checked on the graph before conversion."""
+
+    allowed: List[str] = MISSING  # ONNX op types
+    attributes: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # op -> attribute -> allowed values
 
 
 @dataclass
@@ -182,12 +259,13 @@ class TargetConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    operators: Optional[OperatorsConfig] = None  # None: anything the format's runtime runs
     npu: Optional[NpuConfig] = None
     rknn: Optional[RknnConfig] = None
     tensorrt: Optional[TensorRTConfig] = None
 
 
-# ---------------------------------------------------------------- quant and rewrites
+# ---------------------------------------------------------------- quant
 @dataclass
 class CalibrationConfig:
     method: CalibMethod = CalibMethod.minmax
@@ -208,15 +286,6 @@ class QuantConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
-
-
-@dataclass
-class RewriteConfig:
-    """One graph rewrite: a registered function and its parameters (validated by that function)."""
-
-    fn: str = MISSING
-    description: str = ""
-    params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -246,6 +315,9 @@ def validate(cfg: DictConfig | dict) -> Config:
                 f"{section}.name {name!r} is not a valid artifact folder name",
                 hint="use lower-case letters, digits and underscores, starting with a letter",
             )
+    if typed.model.surgery and not (typed.model.surgery.data or typed.model.train):
+        raise BuildError(f"model.surgery of {typed.model.name!r} has no data to fine-tune on",
+                         hint="set model.surgery.data (a training set), or give the model a `train` section")
     if "_target_" not in typed.model.module:
         raise BuildError(
             f"model.module of {typed.model.name!r} has no _target_",

@@ -44,6 +44,8 @@ SOURCES.register("opencv-doc")(ImageSource(
 SOURCES.register("scikit-image")(ImageSource(_package_dir("skimage.data"), "pip install scikit-image"))
 SOURCES.register("matplotlib")(ImageSource(_package_dir("matplotlib", "mpl-data", "sample_data"),
                                            "pip install matplotlib"))
+SOURCES.register("fashion-mnist")(ImageSource(lambda: Path("/usr/share/datasets/fashion-mnist"),
+                                              "apt-get install dataset-fashion-mnist"))
 
 
 @LABELS.register("imagenet1k")
@@ -53,18 +55,56 @@ def _imagenet1k() -> list[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
-def resolve(item: ImageItem) -> Path:
-    source = SOURCES.get(item.source)
+@LABELS.register("fashion_mnist")
+def _fashion_mnist() -> list[str]:
+    return ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def locate(source_name: str, file: str, what: str = "image") -> Path:
+    source = SOURCES.get(source_name)
     root = source.locate()
-    path = root / item.file if root else None
+    path = root / file if root else None
     if path is None or not path.exists():
-        raise BuildError(f"image {item.file!r} from source {item.source!r} was not found"
+        raise BuildError(f"{what} {file!r} from source {source_name!r} was not found"
                          f"{f' at {path}' if path else ''}", hint=source.install)
     return path
 
 
+def resolve(item: ImageItem) -> Path:
+    return locate(item.source, item.file)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format: big-endian header, then raw data), gzip or plain."""
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise BuildError(f"{path} is not an unsigned-byte IDX file", hint="check the dataset's file names")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def idx_records(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images N x H x W uint8, labels N or None) of an IDX dataset, cut to start/count."""
+    idx = dataset.idx
+    assert idx is not None
+    images = read_idx(locate(idx.source, idx.images, "IDX file"))
+    labels = read_idx(locate(idx.source, idx.labels, "IDX file")) if idx.labels else None
+    stop = None if idx.count is None else idx.start + idx.count
+    return images[idx.start:stop], (labels[idx.start:stop] if labels is not None else None)
+
+
 def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]]]:
-    """(file, RGB image, accepted labels) for every labelled item of a gold set."""
+    """(id, image, accepted labels) for every labelled item of a gold set (photos or an IDX file)."""
+    if dataset.idx is not None:
+        images, labels = idx_records(dataset)
+        if labels is None:
+            raise BuildError(f"gold set {dataset.name!r} has no labels file", hint="set dataset idx.labels")
+        first = dataset.idx.start
+        return [(f"{dataset.idx.images}#{first + i}", Image.fromarray(img), {int(lab)})
+                for i, (img, lab) in enumerate(zip(images, labels))]
     samples = []
     for item in dataset.items:
         if item.label is None:
@@ -72,6 +112,14 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
                              hint="give every gold item a `label` (class index)")
         samples.append((item.file, load_image(resolve(item)), {item.label, *item.accept}))
     return samples
+
+
+def labelled_tensors(dataset: DatasetConfig, pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """The whole set through the model's preprocessing, as one array, with the primary labels."""
+    samples = gold_images(dataset)
+    x = np.concatenate([pre(image) for _, image, _ in track(samples, f"preprocess {dataset.name}")])
+    y = np.asarray([min(accepted) if len(accepted) == 1 else -1 for _, _, accepted in samples], np.int64)
+    return x, y
 
 
 def preprocess_for(spec: InputSpec) -> Preprocess:
@@ -85,6 +133,9 @@ def calibration_tensors(dataset: DatasetConfig, pre: Preprocess) -> np.ndarray:
 
     Deterministic for a given seed, so the calibration set (and the quantized model) reproduce.
     """
+    if dataset.idx is not None:  # a slice of a large set: no augmentation needed
+        images, _ = idx_records(dataset)
+        return np.concatenate([pre(Image.fromarray(img)) for img in track(images, f"calibration set {dataset.name}")])
     aug = dataset.augment
     rng = np.random.default_rng(aug.seed)
     tensors = []

@@ -35,6 +35,15 @@ class Layout:
         return self.model_dir / "model.json"
 
     @property
+    def weights(self) -> Path:
+        """The float model's state_dict, as the train stage left it (trained, or the pretrained file)."""
+        return self.model_dir / "weights.pt"
+
+    @property
+    def train_report(self) -> Path:
+        return self.model_dir / "train.json"
+
+    @property
     def traced(self) -> Path:
         return self.model_dir / "traced.pt"
 

@@ -31,6 +31,38 @@ def build_module(model: ModelConfig) -> Any:
     return module.eval()
 
 
+def apply_surgery(module: Any, model: ModelConfig) -> dict[str, list[str]]:
+    """Apply ``model.surgery``'s module rewrites in order; returns the modules each one swapped."""
+    from stages.rewrites.modules import MODULE_REWRITES
+
+    swapped = {}
+    for name, rewrite in (model.surgery.rewrites.items() if model.surgery else []):
+        if rewrite.kind.value != "module":
+            raise BuildError(f"model.surgery.rewrites.{name} is a {rewrite.kind.value} rewrite",
+                             hint="graph rewrites belong in the target's rewrite list; surgery takes kind: module")
+        swapped[name] = MODULE_REWRITES.get(rewrite.fn)(module, dict(rewrite.params))
+        if not swapped[name]:
+            raise BuildError(f"module rewrite {name!r} found nothing to swap in {model.name!r}",
+                             hint=f"drop {name!r} from model.surgery.rewrites")
+    return swapped
+
+
+def float_module(model: ModelConfig, weights: Path) -> Any:
+    """The float model the train stage produced: architecture, surgery, then its state_dict."""
+    import torch
+
+    try:
+        from hydra.utils import instantiate
+
+        module = instantiate(OmegaConf.create(model.module))
+    except Exception as exc:
+        raise BuildError(f"model.module of {model.name!r} could not be built: {exc}",
+                         hint="check model.module._target_ and its arguments") from exc
+    apply_surgery(module, model)
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
 def locate_weights_file(weights: WeightsConfig) -> Path:
     """The weights file inside an installed package, checked against its sha256."""
     if not (weights.module and weights.file):

@@ -27,7 +27,8 @@ Scope = Literal["model", "build"]
 # Large config subtrees that DVC tracks through a digest instead of by value: dvc.lock stays
 # small, so a no-op `dvc repro` stays fast. stages/compose.py writes these digests.
 DIGESTED = {"model": "digest.model", "target": "digest.target", "rewrite": "digest.rewrite",
-            "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration"}
+            "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration",
+            "model.train": "digest.model_train", "model.surgery": "digest.model_surgery"}
 
 
 def dvc_param(key: str) -> str:
@@ -36,7 +37,7 @@ def dvc_param(key: str) -> str:
 
 
 # Pipeline order; a stage's upstream must appear before it.
-STAGE_MODULES = ("trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate",
+STAGE_MODULES = ("train", "trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate",
                  "prepare")
 
 

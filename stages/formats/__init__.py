@@ -9,6 +9,8 @@ toolchain that is not installed here still leaves everything a user needs to fin
   build        write the artifact (given the manifest so far, which a container may embed);
                return extra manifest fields (e.g. GPU and TensorRT version)
 
+``accelerated`` picks the nodes the target's accelerator runs, for the operator check that
+convert runs first (default: all of them; ``.onpu`` leaves its CPU head out).
 ``gold`` runs the artifact on gold inputs for the evaluate stage; formats the runtime cannot
 run on this machine (RKNN: only the toolkit's simulator) bring their own.
 """
@@ -46,6 +48,10 @@ def _always_available(cfg: "Config") -> Optional[str]:
     return None
 
 
+def _all_nodes(cfg: "Config", model: Any) -> tuple[list[Any], str]:
+    return list(model.graph.node), ""
+
+
 @dataclass(frozen=True)
 class Format:
     ext: str
@@ -54,6 +60,7 @@ class Format:
     prepare: Callable[["Config", "Layout"], list[Path]] = _nothing_to_prepare
     unavailable: Callable[["Config"], Optional[str]] = _always_available
     gold: Optional[Callable[["Config", "Layout", list[np.ndarray], int], GoldRun]] = None
+    accelerated: Callable[["Config", Any], tuple[list[Any], str]] = _all_nodes  # (nodes, where they run)
 
 
 FORMATS: Registry[Format] = Registry("artifact format", "target.format")

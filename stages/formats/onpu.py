@@ -1,7 +1,7 @@
 """``onpu``: the Raspberry Pi 5 NPU container (this project's definition; see README, ".onpu").
 
 A zip (stored, sorted, fixed timestamps: byte-reproducible) holding
-  onpu.json   header: format version, member sha256s, the partition plan, the NPU's op set
+  onpu.json   header: format version, member sha256s, the partition plan
   model.onnx  the whole INT8 QDQ graph (what runs when no NPU provider is registered)
   npu.onnx    the backbone partition, restricted to the NPU's op set
   cpu.onnx    the head partition, run by the CPU (absent when the NPU runs everything)
@@ -25,8 +25,8 @@ ONPU_VERSION = 1
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def plan_partition(model: Any, npu_ops: list[str], cpu_from: list[str]) -> dict[str, Any]:
-    """Split nodes into an NPU backbone and a CPU head; fail on NPU nodes the firmware lacks."""
+def plan_partition(model: Any, cpu_from: list[str]) -> dict[str, Any]:
+    """Split nodes into an NPU backbone and a CPU head (what the NPU may run is the operator check's job)."""
     nodes = list(model.graph.node)
     consumers: dict[str, list[Any]] = {}
     for node in nodes:
@@ -61,12 +61,6 @@ def plan_partition(model: Any, npu_ops: list[str], cpu_from: list[str]) -> dict[
                     cpu.add(node.name)
                     changed = True
     npu_nodes = [n for n in nodes if n.name not in cpu]
-    offending = [n for n in npu_nodes if n.op_type not in (*npu_ops, "Constant")]  # Constant: data, not work
-    if offending:
-        listed = "; ".join(f"{n.name} ({n.op_type})" for n in offending[:20])
-        raise BuildError(f"{len(offending)} node(s) in the NPU partition use ops the NPU lacks: {listed}",
-                         hint="add a rewrite that removes them (conf/rewrite/), or move them to the CPU head "
-                              "with target.npu.cpu_from")
     npu_names = {n.name for n in npu_nodes}
     graph_outputs = [o.name for o in model.graph.output]
     cut = sorted({name for n in nodes if n.name in cpu for name in n.input
@@ -103,16 +97,26 @@ def write_container(out: Path, members: dict[str, bytes], header: dict[str, Any]
             zf.writestr(info, entries[name])
 
 
+def _npu(cfg) -> Any:  # noqa: ANN001
+    if cfg.target.npu is None:
+        raise BuildError(f"target {cfg.target.name!r} has format onpu but no `npu` section",
+                         hint="add target.npu.cpu_from and target.npu.execution_provider")
+    return cfg.target.npu
+
+
+def _npu_nodes(cfg, model: Any) -> tuple[list[Any], str]:  # noqa: ANN001 - see Format.accelerated
+    """Only the NPU partition must pass the operator check: the CPU head runs any op."""
+    names = set(plan_partition(model, list(_npu(cfg).cpu_from))["npu"]["nodes"])
+    return [n for n in model.graph.node if n.name in names], "the NPU partition"
+
+
 def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - see Format.build
     import onnx
     from onnx.utils import extract_model
 
-    npu = cfg.target.npu
-    if npu is None:
-        raise BuildError(f"target {cfg.target.name!r} has format onpu but no `npu` section",
-                         hint="add target.npu.ops, target.npu.cpu_from and target.npu.execution_provider")
+    npu = _npu(cfg)
     model = onnx.load(str(layout.quantized))
-    plan = plan_partition(model, list(npu.ops), list(npu.cpu_from))
+    plan = plan_partition(model, list(npu.cpu_from))
     members = {"model.onnx": layout.quantized.read_bytes()}
     with tempfile.TemporaryDirectory() as tmp:
         parts = [("npu", plan["npu"])] + ([("cpu", plan["cpu"])] if plan["cpu"]["nodes"] else [])
@@ -129,4 +133,4 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
                           "cut": plan["cpu"]["inputs"], "cut_dtypes": plan["cut_dtypes"]}}
 
 
-FORMATS.register("onpu")(Format("onpu", _build, ("torch", "onnx", "onnxsim", "onnxruntime")))
+FORMATS.register("onpu")(Format("onpu", _build, ("torch", "onnx", "onnxsim", "onnxruntime"), accelerated=_npu_nodes))

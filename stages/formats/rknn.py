@@ -61,21 +61,6 @@ def _unavailable(cfg) -> Optional[str]:  # noqa: ANN001
             "creates it from stages/formats/rknn_requirements.txt (or set RKNN_TOOLKIT2_PYTHON)")
 
 
-def _check_ops(cfg, model_path: Path) -> None:  # noqa: ANN001
-    import onnx
-
-    allowed = _rknn(cfg).ops
-    if not allowed:
-        return
-    # Constant nodes are data the toolkit folds, not work for the NPU.
-    bad = [n for n in onnx.load(str(model_path)).graph.node if n.op_type not in (*allowed, "Constant")]
-    if bad:
-        listed = "; ".join(f"{n.name} ({n.op_type})" for n in bad[:20])
-        raise BuildError(f"{len(bad)} node(s) use ops {cfg.target.name} does not accept: {listed}",
-                         hint="add a rewrite for them to the target (conf/rewrite/), or extend target.rknn.ops "
-                              "if the NPU does support them")
-
-
 def _pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """Undo the model's normalization: the toolkit gets raw pixels and normalizes on the NPU."""
     mean = np.asarray(cfg.model.input.mean, np.float32).reshape(1, -1, 1, 1)
@@ -85,7 +70,6 @@ def _pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
 
 def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
     rk = _rknn(cfg)
-    _check_ops(cfg, layout.quantized)
     prepared = layout.prepared_dir
     (prepared / "dataset").mkdir(parents=True, exist_ok=True)
     model = prepared / "model.onnx"

@@ -14,3 +14,4 @@ REWRITES: Registry[Rewrite] = Registry("rewrite", "rewrite.<name>.fn")
 
 # Importing a module registers its rewrite.
 from . import fold_batchnorm  # noqa: E402,F401
+from . import resize  # noqa: E402,F401
