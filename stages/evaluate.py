@@ -1,5 +1,5 @@
 """evaluate: the gold check. Float PyTorch vs the artifact on the model's gold set, latency of both
-measured interleaved in one run, and the target's accuracy budget enforced (non-zero exit on a miss).
+measured interleaved in one run, and the accuracy budget (the scheme's, else the target's) enforced (non-zero exit on a miss).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from stages.core.log import console, track
 from stages.core.metrics import classification_report, fidelity
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
+from stages.quantizers import SCHEMES
+from stages.quantizers.repair import effective_budget
 
 
 PER_IMAGE_ALL = 100  # larger gold sets list only the inputs where float and artifact disagree
@@ -77,7 +79,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     float_metrics = classification_report(reference, accepted)
     artifact_metrics = classification_report(candidate, accepted)
     agree = fidelity(reference, candidate)
-    budget = cfg.target.budget
+    budget = effective_budget(cfg)
     drop = float_metrics[budget.metric] - artifact_metrics[budget.metric]
     failures = []
     if drop > budget.max_drop:
@@ -102,7 +104,9 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         **({"analysis": gold.extra} if gold.extra else {}),
     }
     layout.analysis_dir.mkdir(parents=True, exist_ok=True)
-    if json.loads(layout.quantize_report.read_text())["scheme"] == "ort_static":
+    quantized = json.loads(layout.quantize_report.read_text())
+    metrics["kept_float"] = quantized.get("kept_float", [])
+    if SCHEMES.get(quantized["scheme"]).qdq:
         layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs[:DIVERGENCE_INPUTS],
                                   cfg.model.input.name)
         write_json(layout.analysis_dir / "layer_divergence.json", layers)
@@ -140,13 +144,13 @@ def print_table(m: dict) -> None:
 STAGE = Stage(
     name="evaluate", scope="build",
     params=("model.module", "model.surgery", "model.input", "model.output", "model.gold",
-            "target.budget", "target.benchmark", "target.runtime"),
+            "target.budget", "quant.budget", "target.benchmark", "target.runtime"),
     needs=("convert",),
     deps=lambda L: [L.weights, L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
     outs=lambda L: [L.metrics, L.analysis_dir],
     run=evaluate,
     doc="gold check + latency + budget",
-    code=("runtime", "stages/formats", "stages/rewrites/modules.py", "stages/zoo"),
+    code=("runtime", "stages/formats", "stages/quantizers", "stages/rewrites/modules.py", "stages/zoo"),
     fanout="builds",
 )
 

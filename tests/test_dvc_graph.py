@@ -17,10 +17,13 @@ def test_dvc_yaml_is_generated_from_the_stage_declarations():
 def test_builds_name_existing_models_and_targets_with_the_right_artifact():
     builds = yaml.safe_load((ROOT / "conf" / "builds.yaml").read_text())
     for key, build in builds["builds"].items():
-        assert key == f"{build['model']}-{build['target']}"
+        assert key == f"{build['model']}-{build['target']}-{build['quant']}"
         assert build["model"] in builds["models"]
-        cfg = load([f"model={build['model']}", f"target={build['target']}"])
+        cfg = load([f"model={build['model']}", f"target={build['target']}", f"quant={build['quant']}"])
         assert build["artifact"] == artifact_name(cfg.target.format)
+    for key, build in builds["prepared"].items():
+        assert key == f"{build['model']}-{build['target']}-{build['quant']}"
+        load([f"model={build['model']}", f"target={build['target']}", f"quant={build['quant']}"])
 
 
 def test_every_stage_reads_only_declared_upstream_outputs():

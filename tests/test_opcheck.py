@@ -109,7 +109,7 @@ def test_convert_writes_nothing_when_the_check_fails(tmp_path):
     from stages.zoo.ghostnetv2 import ghostnetv2
 
     cfg = load(["model=fashion_ghostnetv2", "target=rpi5"])
-    layout = Layout.of(str(tmp_path), cfg.model.name, cfg.target.name, "model.onpu")
+    layout = Layout.of(str(tmp_path), cfg.model.name, cfg.target.name, cfg.quant.name, "model.onpu")
     layout.build_dir.mkdir(parents=True)
     export(ghostnetv2(), (1, 1, 32, 32), layout.quantized)  # an unrewritten graph, Resize included
     with pytest.raises(BuildError, match="does not accept"):

@@ -32,7 +32,7 @@ def load(overrides: Sequence[str] = ()) -> Config:
 def layout_for(cfg: Config) -> Layout:
     from stages.formats import artifact_name
 
-    return Layout.of(cfg.artifacts, cfg.model.name, cfg.target.name, artifact_name(cfg.target.format))
+    return Layout.of(cfg.artifacts, cfg.model.name, cfg.target.name, cfg.quant.name, artifact_name(cfg.target.format))
 
 
 def run_stage(stage: Stage, raw: DictConfig) -> None:

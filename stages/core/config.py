@@ -42,6 +42,8 @@ class CalibMethod(str, enum.Enum):
 class QType(str, enum.Enum):
     int8 = "int8"
     uint8 = "uint8"
+    int16 = "int16"  # W8A16: 16-bit activations where the backend has the kernels
+    uint16 = "uint16"
 
 
 # ---------------------------------------------------------------- datasets
@@ -274,6 +276,15 @@ class CalibrationConfig:
 
 
 @dataclass
+class RepairConfig:
+    """What the quantize stage does when a build misses its accuracy budget (repairable schemes)."""
+
+    enabled: bool = True  # keep the most sensitive layers in float until the budget holds
+    max_float_nodes: int = 8  # give up (and fail the build) beyond this many
+    sensitivity_inputs: int = 32  # calibration tensors the per-layer sensitivity is measured on
+
+
+@dataclass
 class QuantConfig:
     name: str = MISSING
     scheme: str = MISSING  # a registered quantizer (stages.quantize.SCHEMES)
@@ -285,7 +296,11 @@ class QuantConfig:
     symmetric_activations: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
+    exclude_op_types: List[str] = field(default_factory=list)  # op types kept in float (mixed precision)
+    op_types: List[str] = field(default_factory=list)  # ort_dynamic: the op types quantized (default MatMul, Gemm)
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
+    budget: Optional[BudgetConfig] = None  # overrides the target's budget for builds with this scheme
+    repair: RepairConfig = field(default_factory=RepairConfig)
 
 
 @dataclass

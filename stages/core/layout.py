@@ -1,8 +1,9 @@
 """Where every file of a build lives. The artifact folder holds exactly the device contract:
 
-    artifacts/<model>/<target>/model.<ext>, manifest.json, metrics.json
+    artifacts/<model>/<target>/<quant>/model.<ext>, manifest.json, metrics.json
 
-Intermediates live under artifacts/_build/, per model (target-independent work) and per build.
+Intermediates live under artifacts/_build/, per model (target-independent work) and per build
+(model, target, quant scheme).
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ class Layout:
     root: Path
     model: str
     target: str
+    quant: str = "_"
     artifact_name: str = "model.onnx"  # model.<ext> of the target's format
 
     @classmethod
-    def of(cls, artifacts: str, model: str, target: str, artifact_name: str = "model.onnx") -> "Layout":
+    def of(cls, artifacts: str, model: str, target: str, quant: str, artifact_name: str = "model.onnx") -> "Layout":
         root = Path(artifacts)
-        return cls(root if root.is_absolute() else PROJECT_ROOT / root, model, target, artifact_name)
+        return cls(root if root.is_absolute() else PROJECT_ROOT / root, model, target, quant, artifact_name)
 
     # -- target-independent intermediates
     @property
@@ -63,10 +65,10 @@ class Layout:
     def calibration(self) -> Path:
         return self.model_dir / "calibration.npy"
 
-    # -- per (model, target) intermediates
+    # -- per (model, target, quant) intermediates
     @property
     def build_dir(self) -> Path:
-        return self.model_dir / self.target
+        return self.model_dir / self.target / self.quant
 
     @property
     def build_config(self) -> Path:
@@ -105,7 +107,7 @@ class Layout:
     # -- the device contract
     @property
     def artifact_dir(self) -> Path:
-        return self.root / self.model / self.target
+        return self.root / self.model / self.target / self.quant
 
     @property
     def artifact(self) -> Path:

@@ -1,0 +1,31 @@
+"""Quant schemes: registered functions, selected and parametrised by conf/quant/*.yaml.
+
+A scheme turns the rewritten float graph (``layout.rewritten``) into the graph convert packages,
+written to ``out``, and returns details for quantize.json. ``exclude`` names extra nodes to keep
+in float (the budget repair adds them); ``cache`` is a calibration cache file shared by repeated
+calls, so a repair re-quantizes without re-calibrating.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from stages.core.registry import Registry
+
+if TYPE_CHECKING:
+    from stages.core.config import Config
+    from stages.core.layout import Layout
+
+
+@dataclass(frozen=True)
+class Scheme:
+    quantize: Callable[["Config", "Layout", Path, Sequence[str], Optional[Path]], dict]
+    repairable: bool = False  # can keep named nodes in float (the budget repair needs that)
+    qdq: bool = False  # the output is a QDQ graph (per-layer divergence applies)
+
+
+SCHEMES: Registry[Scheme] = Registry("quant scheme", "quant.scheme")
+
+# Importing a module registers its schemes.
+from . import basic, ort  # noqa: E402,F401

@@ -1,0 +1,146 @@
+"""Budget repair: when a quantized graph misses its accuracy budget, keep the layers whose
+quantization hurts most in float, one at a time, until the budget holds (or say it cannot).
+
+Sensitivity is measured on calibration data (never the gold set): for each compute layer, the
+drop in output error when that layer alone stays in float. The gold set only answers the
+budget's question, "does it hold now?", the same question evaluate asks.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from stages.core.bench import paired_latency
+from stages.core.config import BudgetConfig
+from stages.core.datasets import gold_images, preprocess_for
+from stages.core.log import console, track
+from stages.core.metrics import classification_report, fidelity
+
+from . import Scheme
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where keeping float buys accuracy
+
+
+def effective_budget(cfg) -> BudgetConfig:  # noqa: ANN001
+    """A scheme's own budget wins over its target's."""
+    return cfg.quant.budget or cfg.target.budget
+
+
+def _session(path: Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_all(path: Path, inputs: list[np.ndarray], input_name: str) -> np.ndarray:
+    session = _session(path, threads=os.cpu_count() or 1)
+    return np.concatenate([session.run(None, {input_name: x})[0] for x in inputs])
+
+
+@dataclass
+class Judge:
+    """Scores a candidate graph against the float graph on the gold set, under the budget."""
+
+    inputs: list[np.ndarray]
+    accepted: list[set[int]]
+    reference: np.ndarray
+    budget: BudgetConfig
+    input_name: str
+    float_metrics: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.float_metrics = classification_report(self.reference, self.accepted)
+
+    def __call__(self, path: Path) -> dict:
+        logits = run_all(path, self.inputs, self.input_name)
+        metrics = classification_report(logits, self.accepted)
+        drop = self.float_metrics[self.budget.metric] - metrics[self.budget.metric]
+        agreement = fidelity(self.reference, logits)["agreement"]
+        passed = drop <= self.budget.max_drop and (self.budget.min_agreement is None
+                                                   or agreement >= self.budget.min_agreement)
+        return {"metric": self.budget.metric, "float": self.float_metrics[self.budget.metric],
+                "quantized": metrics[self.budget.metric], "drop": drop, "agreement": agreement, "passed": passed}
+
+
+def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001
+    samples = gold_images(cfg.model.gold)
+    pre = preprocess_for(cfg.model.input)
+    inputs = [pre(image) for _, image, _ in track(samples, "budget check: gold set")]
+    reference = run_all(layout.rewritten, inputs, cfg.model.input.name)
+    return Judge(inputs, [acc for _, _, acc in samples], reference, effective_budget(cfg), cfg.model.input.name)
+
+
+def output_error(path: Path, inputs: np.ndarray, reference: np.ndarray, input_name: str) -> float:
+    """Mean relative squared error of the outputs against float."""
+    out = run_all(path, [x[None] for x in inputs], input_name).astype(np.float64)
+    ref = reference.astype(np.float64)
+    return float(np.mean(((out - ref) ** 2).sum(1) / ((ref ** 2).sum(1) + 1e-12)))
+
+
+def sensitivity(cfg, layout, scheme: Scheme, cache: Optional[Path], tmp: Path) -> dict:  # noqa: ANN001
+    """Per compute layer: output error with everything quantized, minus the error with it in float."""
+    import onnx
+
+    inputs = np.load(layout.calibration)[:cfg.quant.repair.sensitivity_inputs]
+    name = cfg.model.input.name
+    reference = run_all(layout.rewritten, [x[None] for x in inputs], name)
+    base_path = tmp / "base.onnx"
+    scheme.quantize(cfg, layout, base_path, (), cache)
+    base = output_error(base_path, inputs, reference, name)
+    excluded = set(cfg.quant.exclude_nodes)
+    candidates = [n.name for n in onnx.load(str(layout.rewritten)).graph.node
+                  if n.op_type in COMPUTE_OPS and n.name not in excluded]
+    rows = []
+    for node in track(candidates, f"sensitivity of {len(candidates)} layers"):
+        path = tmp / "one.onnx"
+        scheme.quantize(cfg, layout, path, [node], cache)
+        error = output_error(path, inputs, reference, name)
+        rows.append({"node": node, "error_in_float": error, "gain": base - error})
+    return {"inputs": len(inputs), "baseline_error": base, "layers": sorted(rows, key=lambda r: -r["gain"])}
+
+
+def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dict:  # noqa: ANN001
+    """Check the budget on ``out``; if it misses, keep layers in float until it holds. Rewrites ``out``."""
+    judge = gold_judge(cfg, layout)
+    first = judge(out)
+    report: dict[str, Any] = {"budget": {"metric": judge.budget.metric, "max_drop": judge.budget.max_drop,
+                                         "min_agreement": judge.budget.min_agreement},
+                              "initial": first, "kept_float": [], "steps": []}
+    if first["passed"] or not cfg.quant.repair.enabled:
+        report["final"] = first
+        return report
+    console.print(f"budget missed (drop {first['drop']:.2f} > {judge.budget.max_drop} or agreement "
+                  f"{first['agreement']:.3f}): sensitivity analysis, then layers back to float one at a time")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        ranked = sensitivity(cfg, layout, scheme, cache, tmp)
+        report["sensitivity"] = ranked
+        kept: list[str] = []
+        result = first
+        candidate = tmp / "candidate.onnx"
+        for row in ranked["layers"][:cfg.quant.repair.max_float_nodes]:
+            kept.append(row["node"])
+            scheme.quantize(cfg, layout, candidate, kept, cache)
+            result = judge(candidate)
+            report["steps"].append({"kept_float": list(kept), **result})
+            console.print(f"  + {row['node']} in float: drop {result['drop']:.2f}, agreement {result['agreement']:.3f}")
+            if result["passed"]:
+                break
+        report["kept_float"] = kept if result["passed"] else []
+        report["final"] = result if result["passed"] else first
+        report["repaired"] = result["passed"]
+        if result["passed"]:
+            threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
+            x0 = {cfg.model.input.name: judge.inputs[0]}
+            before, after = _session(out, threads), _session(candidate, threads)
+            ms = paired_latency({"before": lambda: before.run(None, x0), "after": lambda: after.run(None, x0)}, 10, 50)
+            report["latency_ms"] = {**ms, "where": f"ORT CPU, {threads} thread(s), this machine"}
+            out.write_bytes(candidate.read_bytes())
+    return report
