@@ -47,13 +47,14 @@ def quantize(cfg: Config, layout: Layout) -> dict:
 
 STAGE = Stage(
     name="quantize", scope="build",
-    params=("model.input", "model.gold", "quant", "target.budget", "target.runtime"),
+    params=("model.module", "model.surgery", "model.input", "model.export.opset", "model.gold", "quant",
+            "target.budget", "target.runtime", "rewrite"),
     needs=("rewrite", "calibrate"),
-    deps=lambda L: [L.rewritten, L.calibration],
+    deps=lambda L: [L.rewritten, L.calibration, L.weights],  # weights: schemes that quantize the module
     outs=lambda L: [L.quantized, L.quantize_report],
     run=quantize,
     doc="float ONNX -> quantized ONNX, budget checked and repaired",
-    code=("stages/quantizers",),
+    code=("stages/quantizers", "stages/zoo", "stages/rewrites/modules.py"),
 )
 
 if __name__ == "__main__":

@@ -194,9 +194,9 @@ def test_a_killed_stage_leaves_nothing_half_written_and_a_rerun_recovers(scratch
 
 
 def test_targets_without_a_toolchain_are_prepared_not_faked(built):
-    report = json.loads((built / "artifacts/_build/mobilenet_v2/jetson_orin/int8_tensorrt/prepare.json").read_text())
+    report = json.loads((built / "artifacts/_build/mobilenet_v2/jetson_orin/int8_tensorrt_pq/prepare.json").read_text())
     assert report["built"] is False and "TensorRT is not importable" in report["reason"]
-    assert (built / "artifacts/_build/mobilenet_v2/jetson_orin/int8_tensorrt/prepared/model.onnx").exists()
+    assert (built / "artifacts/_build/mobilenet_v2/jetson_orin/int8_tensorrt_pq/prepared/model.onnx").exists()
     assert not (built / "artifacts/mobilenet_v2/jetson_orin").exists()  # no fake .engine, ever
     proc = run([sys.executable, "-m", "stages.convert", "target=jetson_orin"], built, check=False)
     assert proc.returncode == 2 and "trtexec" in proc.stderr and "prepared" in proc.stderr

@@ -27,5 +27,5 @@ def test_real_registries_are_populated():
     from stages.quantizers import SCHEMES
     from stages.rewrites import REWRITES
 
-    assert "onnx" in FORMATS and {"none", "vendor", "ort_static", "ort_dynamic", "fp16"} <= set(SCHEMES)
+    assert "onnx" in FORMATS and {"none", "vendor", "ort_static", "ort_dynamic", "fp16", "pytorch_quantization"} <= set(SCHEMES)
     assert "fold_batchnorm" in REWRITES and "package" in WEIGHT_SOURCES and "opencv-doc" in SOURCES

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .config import Config, validate
@@ -35,18 +36,51 @@ def layout_for(cfg: Config) -> Layout:
     return Layout.of(cfg.artifacts, cfg.model.name, cfg.target.name, cfg.quant.name, artifact_name(cfg.target.format))
 
 
+# Failures of the jobs of a Hydra multirun (-m): reported together when the sweep ends.
+SWEEP_FAILURES: list[str] = []
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run_stage(stage: Stage, raw: DictConfig) -> None:
-    """Validate the composed config, build stale upstream outputs, run the stage; exit 2 on user error."""
+    """Validate the composed config, build stale upstream outputs, run the stage; exit 2 on user error.
+
+    In a multirun sweep a failed job is reported and the sweep goes on; the sweep exits 2 at the end."""
     try:
         cfg = validate(raw)
         layout = layout_for(cfg)
         if cfg.upstream:
             ensure_upstream(stage, cfg, layout)
-        console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target})")
+        console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target}/{layout.quant})")
         execute(stage, cfg, layout)
     except BuildError as exc:
         console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
+        if _in_multirun():
+            SWEEP_FAILURES.append(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
+            return
         sys.exit(2)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/config.yaml): list a multirun's failed jobs and exit non-zero."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        if SWEEP_FAILURES:
+            console.print(f"[bold red]{len(SWEEP_FAILURES)} job(s) of the sweep failed:[/]")
+            for line in SWEEP_FAILURES:
+                console.print(f"  - {line}")
+            sys.exit(2)
 
 
 def check_yaml_syntax(conf_dir: Path = CONF_DIR) -> None:

@@ -38,3 +38,24 @@ def io_specs(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     initializers = {init.name for init in model.graph.initializer}
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     return inputs, [spec(v) for v in model.graph.output]
+
+
+def toposort(graph: Any) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (some converters append
+    nodes at the end). Stable: nodes already in order keep their order."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError(f"graph {graph.name!r} has a cycle or an input nobody produces: "
+                             f"{sorted({i for n in pending for i in n.input} - available)[:5]}")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if n not in ready]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)

@@ -71,4 +71,4 @@ def artifact_name(format_name: str) -> str:
 
 
 # Importing a module registers its format.
-from . import onnx, onpu, rknn, tensorrt  # noqa: E402,F401
+from . import onnx, onpu, rknn, tensorrt, torchscript  # noqa: E402,F401

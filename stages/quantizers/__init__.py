@@ -28,4 +28,4 @@ class Scheme:
 SCHEMES: Registry[Scheme] = Registry("quant scheme", "quant.scheme")
 
 # Importing a module registers its schemes.
-from . import basic, ort  # noqa: E402,F401
+from . import basic, ort, pytorch_quantization  # noqa: E402,F401

@@ -63,10 +63,11 @@ class Judge:
         metrics = classification_report(logits, self.accepted)
         drop = self.float_metrics[self.budget.metric] - metrics[self.budget.metric]
         agreement = fidelity(self.reference, logits)["agreement"]
-        passed = drop <= self.budget.max_drop and (self.budget.min_agreement is None
-                                                   or agreement >= self.budget.min_agreement)
-        return {"metric": self.budget.metric, "float": self.float_metrics[self.budget.metric],
-                "quantized": metrics[self.budget.metric], "drop": drop, "agreement": agreement, "passed": passed}
+        passed = bool(drop <= self.budget.max_drop and (self.budget.min_agreement is None
+                                                        or agreement >= self.budget.min_agreement))
+        return {"metric": self.budget.metric, "float": float(self.float_metrics[self.budget.metric]),
+                "quantized": float(metrics[self.budget.metric]), "drop": float(drop), "agreement": float(agreement),
+                "passed": passed}
 
 
 def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001

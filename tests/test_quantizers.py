@@ -1,0 +1,166 @@
+"""Every quant scheme on a real (small) model and real data: the graph it should make, outputs close
+to float; and the budget repair keeps exactly the layer whose quantization breaks the budget."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from stages.core.cli import load
+from stages.core.config import BudgetConfig
+from stages.quantizers import SCHEMES
+from stages.quantizers.repair import Judge, repair
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> SimpleNamespace:
+    """fashion_cnn_npu's architecture (seeded init), exported and simplified like the pipeline does,
+    with 64 real Fashion-MNIST training images as calibration tensors and 32 test images."""
+    import onnxsim
+    import torch
+
+    from stages.core.datasets import idx_records, preprocess_for
+    from stages.core.models import apply_surgery
+    from stages.zoo.fashion_cnn import fashion_cnn
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("quant")
+    cfg = load(["model=fashion_cnn_npu"])
+    torch.manual_seed(0)
+    module = fashion_cnn()
+    apply_surgery(module, cfg.model)
+    path = tmp / "rewritten.onnx"
+    torch.onnx.export(module.eval(), torch.zeros(1, 1, 28, 28), str(path), opset_version=17, dynamo=False,
+                      input_names=["input"], output_names=["logits"])
+    simplified, ok = onnxsim.simplify(onnx.load(str(path)))
+    assert ok
+    onnx.save(simplified, str(path))
+    pre = preprocess_for(cfg.model.input)
+    images, _ = idx_records(cfg.model.calibration)
+    calibration = tmp / "calibration.npy"
+    np.save(calibration, np.concatenate([pre(Image.fromarray(i)) for i in images[:64]]))
+    test, _ = idx_records(cfg.model.gold)
+    inputs = [pre(Image.fromarray(i)) for i in test[:32]]
+    return SimpleNamespace(layout=SimpleNamespace(rewritten=path, calibration=calibration), inputs=inputs, tmp=tmp)
+
+
+def quantize(model: SimpleNamespace, quant: str, **overrides) -> tuple[Path, dict]:
+    cfg = load(["model=fashion_cnn_npu", f"quant={quant}", *(f"quant.{k}={v}" for k, v in overrides.items())])
+    out = model.tmp / f"{quant}.onnx"
+    details = SCHEMES.get(cfg.quant.scheme).quantize(cfg, model.layout, out, (), None)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    return out, details
+
+
+def ops(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("quant, min_cosine", [
+    ("int8_static", 0.98), ("int8_pertensor_minmax", 0.95), ("int8_entropy", 0.95), ("int8_percentile", 0.95),
+    ("int8_mixed", 0.98), ("w8a16", 0.999), ("fp16", 0.9999), ("int8_dynamic", 0.999), ("fp32", 1.0)])
+def test_each_scheme_stays_close_to_float(model, quant, min_cosine):
+    out, _ = quantize(model, quant)
+    for x in model.inputs[:8]:
+        assert cosine(run(out, x), run(model.layout.rewritten, x)) >= min_cosine - 1e-9, quant
+
+
+def test_static_schemes_make_the_graph_they_promise(model):
+    qdq, _ = quantize(model, "int8_static")
+    assert ops(qdq)["QuantizeLinear"] > 0 and ops(qdq)["DequantizeLinear"] > ops(qdq)["QuantizeLinear"]
+    w8a16, _ = quantize(model, "w8a16")
+    zero_points = {numpy_helper.to_array(t).dtype for t in onnx.load(str(w8a16)).graph.initializer
+                   if t.name.endswith("zero_point")}
+    assert np.dtype(np.uint16) in zero_points and np.dtype(np.int8) in zero_points  # u16 activations, s8 weights
+    mixed, _ = quantize(model, "int8_mixed")  # the Gemm head stays float: its weight is not dequantized
+    graph = onnx.load(str(mixed)).graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers.get(gemm.input[1]) != "DequantizeLinear"
+
+
+def test_fp16_and_dynamic_schemes(model):
+    fp16, details = quantize(model, "fp16")
+    types = {t.data_type for t in onnx.load(str(fp16)).graph.initializer}
+    assert TensorProto.FLOAT16 in types
+    assert run(fp16, model.inputs[0]).dtype == np.float32  # float32 at the model's boundary
+    dynamic, details = quantize(model, "int8_dynamic")
+    assert details["op_types"] == ["Gemm", "MatMul"]
+    assert {"DynamicQuantizeLinear"} <= set(ops(dynamic)) and "QuantizeLinear" not in ops(dynamic)
+
+
+def sensitive_model(path: Path) -> None:
+    """conv(3x3) -> relu -> conv(1x1) -> flatten: the second conv's weights hold one huge outlier,
+    so per-tensor int8 wipes out every other channel: the layer a repair must keep in float."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(8, 1, 3, 3)).astype(np.float32)
+    w1[0] *= 1e-3  # a feature that is tiny ...
+    w2 = rng.normal(size=(4, 8, 1, 1)).astype(np.float32) * 0.05
+    w2[0, 0, 0, 0] = 40.0  # ... amplified by one huge weight: logits stay comparable in float
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"], name="relu"),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c"], ["d"], name="gap"),
+             helper.make_node("Flatten", ["d"], ["logits"], name="flatten")]
+    graph = helper.make_graph(nodes, "sensitive", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def test_repair_keeps_the_sensitive_layer_in_float_until_the_budget_holds(tmp_path, monkeypatch):
+    rewritten, calibration = tmp_path / "rewritten.onnx", tmp_path / "calibration.npy"
+    sensitive_model(rewritten)
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(64, 1, 1, 8, 8)).astype(np.float32)
+    np.save(calibration, data[:, 0])
+    inputs = [x for x in data[:48]]
+    reference = np.concatenate([run(rewritten, x) for x in inputs])
+    judge = Judge(inputs, [{int(r.argmax())} for r in reference], reference,
+                  BudgetConfig(metric="top1", max_drop=5.0), "input")
+    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    cfg = load(["model=fashion_cnn_npu", "quant=int8_pertensor_minmax", "quant.repair.enabled=true",
+                "quant.calibration.num_samples=32"])
+    cfg.model.input.name = "input"
+    layout = SimpleNamespace(rewritten=rewritten, calibration=calibration)
+    scheme = SCHEMES.get(cfg.quant.scheme)
+    out = tmp_path / "quantized.onnx"
+    scheme.quantize(cfg, layout, out, (), tmp_path / "cache.json")
+    report = repair(cfg, layout, scheme, out, tmp_path / "cache.json")
+    assert report["initial"]["passed"] is False and report["initial"]["drop"] > 5.0
+    assert report["sensitivity"]["layers"][0]["node"] == "conv2"  # ranked on calibration data
+    assert report["kept_float"] == ["conv2"] and report["repaired"] and report["final"]["passed"]
+    assert report["final"]["drop"] <= 5.0 and set(report["latency_ms"]) >= {"before", "after"}
+    assert judge(out)["passed"]  # `out` now holds the repaired graph
+    json.dumps(report)  # plain JSON types only: quantize.json is written from it
+
+
+def test_a_passing_build_is_left_alone(tmp_path, monkeypatch, model):
+    cfg = load(["model=fashion_cnn_npu", "quant=int8_static"])
+    x = model.inputs
+    reference = np.concatenate([run(model.layout.rewritten, v) for v in x])
+    judge = Judge(x, [{int(r.argmax())} for r in reference], reference, BudgetConfig(max_drop=100.0), "input")
+    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    out, _ = quantize(model, "int8_static")
+    before = out.read_bytes()
+    report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
+    assert report["initial"]["passed"] and report["kept_float"] == [] and "sensitivity" not in report
+    assert out.read_bytes() == before
