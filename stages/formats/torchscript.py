@@ -4,8 +4,9 @@ The Raspberry Pi 4 tutorial's path: the float module is quantized by PyTorch dur
 scheme ``vendor``; ``layout.quantized`` is just the float ONNX, for the operator check and the
 manifest's I/O specs). FX graph mode fuses Conv+BN(+ReLU) itself and works on any traceable
 model, so torchvision's MobileNetV2 needs no hand-written ``fuse_model``; eager mode would.
-Weights are per channel (``qconfig_mapping``). ReLU6/Hardtanh are rerouted around a torch bug
-in qnnpack's clamp (``patch_qnnpack_clamps``): without that, MobileNetV2 on qnnpack is garbage.
+Weights are per channel unless ``quant.per_channel`` is false (``qconfig_mapping``). ReLU6 and
+Hardtanh are rerouted around a torch bug in qnnpack's clamp (``patch_qnnpack_clamps``): without
+that, MobileNetV2 on qnnpack is garbage.
 The artifact is tied to its engine: a qnnpack build run on x86 kernels is garbage too (cosine 0.19).
 
 Byte-reproducible: the same inputs give the same sha256 on the same machine and torch build.
@@ -67,23 +68,24 @@ def check_engine(engine: str) -> None:
                               "qnnpack, x86 and fbgemm)")
 
 
-def qconfig_mapping(engine: str) -> Any:
-    """The engine's default mapping with per-channel conv/linear weights (x86's default already is).
+def qconfig_mapping(engine: str, per_channel: bool = True) -> Any:
+    """The engine's default mapping, conv/linear weights per channel or per tensor (``quant.per_channel``).
 
-    qnnpack's default is per-tensor weights. On MobileNetV2 (qnnpack engine, 64 calibration tensors)
+    qnnpack's default is per-tensor weights, x86's per-channel. On MobileNetV2 (qnnpack engine, 64 calibration tensors)
     per-channel raised the mean cosine to float from 0.945 to 0.969 on the 9 gold photos and from
     0.922 to 0.969 on 16 held-out calibration crops, and top-1 on the gold photos from 66.7 to 77.8 (= float).
     ConvTranspose keeps the mapping's own per-tensor entry.
     """
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import default_per_channel_weight_observer
+    from torch.ao.quantization.observer import default_per_channel_weight_observer, default_weight_observer
 
     mapping = get_default_qconfig_mapping(engine)
-    return mapping.set_global(QConfig(activation=mapping.global_qconfig.activation,
-                                      weight=default_per_channel_weight_observer))
+    weight = default_per_channel_weight_observer if per_channel else default_weight_observer
+    return mapping.set_global(QConfig(activation=mapping.global_qconfig.activation, weight=weight))
 
 
-def quantize_fx(module: "torch.nn.Module", calibration: np.ndarray, engine: str) -> "torch.fx.GraphModule":
+def quantize_fx(module: "torch.nn.Module", calibration: np.ndarray, engine: str,
+                per_channel: bool = True) -> "torch.fx.GraphModule":
     """Static INT8 with FX graph mode: fuse, insert observers, calibrate, convert (engine set throughout)."""
     import torch
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -91,7 +93,7 @@ def quantize_fx(module: "torch.nn.Module", calibration: np.ndarray, engine: str)
     check_engine(engine)
     torch.backends.quantized.engine = engine
     example = (torch.from_numpy(calibration[:1]),)
-    prepared = prepare_fx(module.eval(), qconfig_mapping(engine), example_inputs=example)
+    prepared = prepare_fx(module.eval(), qconfig_mapping(engine, per_channel), example_inputs=example)
     with torch.no_grad():
         for start in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(torch.from_numpy(calibration[start:start + CALIBRATION_BATCH]))
@@ -204,9 +206,9 @@ def quantized_ops(script: "torch.jit.ScriptModule") -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def describe_qconfig(engine: str) -> dict[str, Any]:
-    """The global qconfig of ``qconfig_mapping(engine)``, as plain data for the manifest."""
-    qconfig = qconfig_mapping(engine).global_qconfig
+def describe_qconfig(engine: str, per_channel: bool) -> dict[str, Any]:
+    """The global qconfig of ``qconfig_mapping``, as plain data for the manifest."""
+    qconfig = qconfig_mapping(engine, per_channel).global_qconfig
 
     def observer(factory: Any) -> dict[str, Any]:
         obs = factory()
@@ -214,11 +216,12 @@ def describe_qconfig(engine: str) -> dict[str, Any]:
                 "qscheme": str(obs.qscheme).removeprefix("torch."), "reduce_range": bool(obs.reduce_range),
                 "quant_min": int(obs.quant_min), "quant_max": int(obs.quant_max)}
 
-    return {"mapping": f"get_default_qconfig_mapping({engine!r}), per-channel weights",
+    return {"mapping": f"get_default_qconfig_mapping({engine!r}), per-{'channel' if per_channel else 'tensor'} weights",
             "activation": observer(qconfig.activation), "weight": observer(qconfig.weight)}
 
 
-def build_here(module: "torch.nn.Module", calibration: np.ndarray, engine: str, out: Path) -> dict[str, Any]:
+def build_here(module: "torch.nn.Module", calibration: np.ndarray, engine: str, out: Path,
+               per_channel: bool = True) -> dict[str, Any]:
     """Quantize, trace, freeze and write ``out``; returns the manifest's ``torch`` section.
 
     Call it in a fresh interpreter (``_build`` does) for reproducible bytes.
@@ -227,7 +230,7 @@ def build_here(module: "torch.nn.Module", calibration: np.ndarray, engine: str, 
 
     torch.manual_seed(0)
     torch.set_num_threads(BUILD_THREADS)
-    quantized = quantize_fx(module, calibration, engine)
+    quantized = quantize_fx(module, calibration, engine, per_channel)
     rerouted = patch_qnnpack_clamps(quantized) if engine == "qnnpack" else 0
     script = freeze(quantized, calibration[:1])
     ops = quantized_ops(script)
@@ -235,7 +238,7 @@ def build_here(module: "torch.nn.Module", calibration: np.ndarray, engine: str, 
         raise BuildError("PyTorch FX quantization left no quantized operator in the graph",
                          hint="the model's layers have no INT8 kernels in PyTorch; use target rpi4 (ONNX Runtime)")
     out.write_bytes(archive_bytes(script))
-    return {"quantized_engine": engine, "mode": "fx", "qconfig": describe_qconfig(engine),
+    return {"quantized_engine": engine, "mode": "fx", "qconfig": describe_qconfig(engine, per_channel),
             "calibration": {"samples": int(len(calibration)), "batch": CALIBRATION_BATCH},
             "build_threads": BUILD_THREADS, "ops": ops, "qnnpack_clamp_workaround": rerouted}
 
@@ -258,7 +261,8 @@ def job_for(cfg, layout, out: Path, engine: str) -> dict[str, Any]:  # noqa: ANN
 
     model = OmegaConf.to_container(OmegaConf.structured(cfg.model), resolve=True, enum_to_str=True)
     return {"model": model, "weights": str(layout.weights), "calibration": str(layout.calibration),
-            "num_samples": int(cfg.quant.calibration.num_samples), "engine": engine, "output": str(out)}
+            "num_samples": int(cfg.quant.calibration.num_samples), "per_channel": bool(cfg.quant.per_channel),
+            "engine": engine, "output": str(out)}
 
 
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:

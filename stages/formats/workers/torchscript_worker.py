@@ -3,7 +3,7 @@
     python stages/formats/workers/torchscript_worker.py job.json result.json
 
 Job keys (written by stages/formats/torchscript.py): model (the model config as plain data),
-weights, calibration (.npy), num_samples, engine, output (.pt path). result.json gets
+weights, calibration (.npy), num_samples, per_channel, engine, output (.pt path). result.json gets
 {ok: true, torch: {...}} or {ok: false, error, hint}. A fresh process because TorchScript names
 classes from a process-global counter (___torch_mangle_N): here it depends only on the model.
 """
@@ -39,7 +39,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     model = model_config(job["model"])
     module = float_module(model, Path(job["weights"]))
     calibration = calibration_inputs(Path(job["calibration"]), job["num_samples"], list(model.input.shape))
-    return build_here(module, calibration, job["engine"], Path(job["output"]))
+    return build_here(module, calibration, job["engine"], Path(job["output"]), job["per_channel"])
 
 
 def main(job_path: str, result_path: str) -> int:
