@@ -131,8 +131,9 @@ def test_quant_change_reruns_quantize_convert_evaluate_only(scratch):
 
 def test_input_size_change_makes_the_models_whole_chain_stale(scratch):
     edit(scratch / "conf/model/mobilenet_v2.yaml", "shape: [1, 3, 224, 224]", "shape: [1, 3, 192, 192]")
-    composes = [f"compose@{key}" for key in builds_file(scratch)["chains"]]
-    run([sys.executable, "-m", "dvc", "repro", "--single-item", "compose_model@mobilenet_v2", *composes], scratch)
+    plan = builds_file(scratch)
+    composes = [f"compose@{key}" for key in plan["chains"]] + [f"compose_model@{m}" for m in plan["models"]]
+    run([sys.executable, "-m", "dvc", "repro", "--single-item", *composes], scratch)  # `conf/` changed for all
     builds = builds_file(scratch)
 
     def mobilenet(group: str) -> list[str]:
