@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from stages.core import onnxgraph
 from stages.core.bench import paired_latency
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
@@ -22,7 +23,7 @@ from stages.core.metrics import classification_report, fidelity
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
-from stages.quantizers.repair import effective_budget, run_all
+from stages.quantizers.repair import effective_budget
 
 
 PER_IMAGE_ALL = 100  # larger gold sets list only the inputs where float and artifact disagree
@@ -77,7 +78,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
                                      cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
 
     # The float graph after the target's rewrites, in ONNX Runtime: what the rewrites cost, before quantization.
-    rewritten = run_all(layout.rewritten, float_inputs, cfg.model.input.name)
+    rewritten = onnxgraph.run_all(layout.rewritten, float_inputs, cfg.model.input.name)
     float_metrics = classification_report(reference, accepted)
     artifact_metrics = classification_report(candidate, accepted)
     agree = fidelity(reference, candidate)

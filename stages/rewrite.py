@@ -21,17 +21,9 @@ from stages.core.pipeline import Stage
 CHECK_INPUTS = 16  # calibration tensors each rewrite's output error is measured on
 
 
-def _session(model):  # noqa: ANN001, ANN202
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def measure(before, after, inputs: np.ndarray, input_name: str) -> dict:  # noqa: ANN001
     """Max abs output difference and paired ORT latency of two versions of a graph."""
-    old, new = _session(before), _session(after)
+    old, new = onnxgraph.session(before), onnxgraph.session(after)
     error = max(float(np.abs(old.run(None, {input_name: x[None]})[0] - new.run(None, {input_name: x[None]})[0]).max())
                 for x in inputs)
     x0 = {input_name: inputs[0][None]}

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from quant_helpers import cosine, run
 from stages.core.cli import load
 from stages.core.errors import BuildError
 
@@ -28,15 +28,6 @@ if importlib.util.find_spec("pytorch_quantization") is None:
 # first 64 test images against float: min cosine 0.99990 with int8_tensorrt_pq (percentile 99.99);
 # minmax 0.99991, percentile 99.9 0.99961, entropy 0.990.
 MIN_COSINE = 0.999
-
-
-def run(path: Path, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module")

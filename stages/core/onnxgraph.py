@@ -59,3 +59,23 @@ def toposort(graph: Any) -> None:
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+def session(model: Any, threads: int = 1) -> Any:
+    """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_all(model: Any, inputs: list, input_name: str) -> Any:
+    """The first output for each input, concatenated (one row per input)."""
+    import os
+
+    import numpy as np
+
+    sess = session(model, threads=os.cpu_count() or 1)
+    return np.concatenate([sess.run(None, {input_name: x})[0] for x in inputs])

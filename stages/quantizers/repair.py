@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from stages.core.bench import paired_latency
+from stages.core.onnxgraph import run_all, session
 from stages.core.config import BudgetConfig
 from stages.core.datasets import gold_images, preprocess_for
 from stages.core.log import console, track
@@ -29,19 +30,6 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where keeping float
 def effective_budget(cfg) -> BudgetConfig:  # noqa: ANN001
     """A scheme's own budget wins over its target's."""
     return cfg.quant.budget or cfg.target.budget
-
-
-def _session(path: Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_all(path: Path, inputs: list[np.ndarray], input_name: str) -> np.ndarray:
-    session = _session(path, threads=os.cpu_count() or 1)
-    return np.concatenate([session.run(None, {input_name: x})[0] for x in inputs])
 
 
 @dataclass
@@ -140,7 +128,7 @@ def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dic
         if result["passed"]:
             threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
             x0 = {cfg.model.input.name: judge.inputs[0]}
-            before, after = _session(out, threads), _session(candidate, threads)
+            before, after = session(out, threads), session(candidate, threads)
             ms = paired_latency({"before": lambda: before.run(None, x0), "after": lambda: after.run(None, x0)}, 10, 50)
             report["latency_ms"] = {**ms, "where": f"ORT CPU, {threads} thread(s), this machine"}
             out.write_bytes(candidate.read_bytes())
