@@ -41,11 +41,11 @@ def compose_stages() -> dict[str, Any]:
     return {
         "compose_model": {"foreach": "${models}", "do": {
             "cmd": "python -m stages.compose --model ${item}", "deps": list(deps),
-            "outs": [{rel(MODEL.model_config): {"cache": False}}]}},
+            "outs": [rel(MODEL.model_config)]}},
         "compose": {"foreach": "${chains}", "do": {
             "cmd": "python -m stages.compose --model ${item.model} --target ${item.target} --quant ${item.quant}",
             "deps": list(deps),
-            "outs": [{rel(BUILD.build_config): {"cache": False}}]}},
+            "outs": [rel(BUILD.build_config)]}},
     }
 
 
@@ -62,7 +62,7 @@ def stage_entry(stage: Stage) -> dict[str, Any]:
     }
     metrics = [o for o in outs if o.endswith("metrics.json")]  # `dvc metrics show/diff` read these
     if metrics:
-        body["metrics"] = [{o: {"cache": False}} for o in metrics]
+        body["metrics"] = metrics
     if len(metrics) < len(outs):
         body["outs"] = [o for o in outs if o not in metrics]
     return {"foreach": f"${{{stage.foreach}}}", "do": body}
@@ -81,7 +81,7 @@ def report_stage() -> dict[str, Any]:
             layout = Layout(Path("artifacts"), item["model"], item["target"], item["quant"], item.get("artifact", "_"))
             deps += [rel(getattr(layout, f)) for f in files]
     return {"cmd": "python -m stages.report", "deps": deps,
-            "outs": [{f"artifacts/{name}": {"cache": False}} for name in ("report.md", "report.html", "report.json",
+            "outs": [f"artifacts/{name}" for name in ("report.md", "report.html", "report.json",
                                                                          "report")]}
 
 

@@ -36,13 +36,37 @@ def quantize(cfg: Config, layout: Layout) -> dict:
               "budget_check": budget, "graph": onnxgraph.graph_summary(model)}
     write_json(layout.quantize_report, report)
     if budget and not budget["final"]["passed"]:
+        print_budget_table(f"{cfg.model.name} / {cfg.target.name} / {cfg.quant.name}: budget check", budget)
+        why = ("not even the float graph meets it, so check the budget's numbers" if budget.get("unattainable")
+               else "the repair could not fix it" if cfg.quant.repair.enabled else "quant.repair is off")
         raise BuildError(
             f"{cfg.model.name} on {cfg.target.name} with {cfg.quant.name} misses its accuracy budget "
-            f"(drop {budget['final']['drop']:.2f}, agreement {budget['final']['agreement']:.3f}) and "
-            f"{'the repair could not fix it' if cfg.quant.repair.enabled else 'quant.repair is off'}",
+            f"(drop {budget['final']['drop']:.2f}, agreement {budget['final']['agreement']:.3f}) and {why}",
             hint=f"see {layout.quantize_report} (per-layer sensitivity, steps); raise quant.repair.max_float_nodes, "
                  "try another calibration method or per-channel weights, or relax the budget")
     return report
+
+
+def print_budget_table(title: str, budget: dict) -> None:
+    """The budget check as a table: as quantized, then each repair step, each against the budget."""
+    from rich.table import Table
+
+    from stages.core.log import console
+
+    b = budget["budget"]
+    metric = {"top1": "top-1 %", "top5": "top-5 %"}.get(b["metric"], b["metric"])
+    table = Table(title=title, title_justify="left")
+    for col in ("graph", metric, "drop", "agreement", "verdict"):
+        table.add_column(col, justify="left" if col == "graph" else "right")
+    first = budget["initial"]
+    table.add_row("float (rewritten ONNX)", f"{first['float']:.2f}", "", "", "")
+    rows = [("as quantized", first)] + [(f"+ {s['kept_float'][-1]} in float", s) for s in budget["steps"]]
+    for name, r in rows:
+        table.add_row(name, f"{r['quantized']:.2f}", f"{r['drop']:.2f}", f"{r['agreement']:.3f}",
+                      "[green]PASS[/]" if r["passed"] else "[red]FAIL[/]")
+    table.add_row("budget", "", f"≤ {b['max_drop']}",
+                  f"≥ {b['min_agreement']}" if b["min_agreement"] is not None else "", "")
+    console.print(table)
 
 
 STAGE = Stage(

@@ -157,13 +157,28 @@ def test_code_edit_reruns_that_stage_and_downstream_only_if_outputs_change(scrat
     assert ran_stages(out) == exports
 
 
-def test_a_missed_budget_fails_the_build_with_a_table(scratch):
+def test_a_missed_budget_fails_the_build_at_quantize_with_a_table(scratch):
+    """quantize checks the budget on the gold set first; one no graph can meet is named as such, not repaired."""
     edit(scratch / "conf/target/rpi4.yaml", "max_drop: 1.0", "max_drop: -50.0")
     proc = run([sys.executable, "-m", "dvc", "repro"], scratch, check=False)
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
     assert "FAIL" in log and "top-1 %" in log and "misses its accuracy budget" in log
-    assert json.loads((scratch / ART / "metrics.json").read_text())["passed"] is False
+    assert "not even the float graph meets it" in log
+    report = json.loads((scratch / "artifacts/_build/mobilenet_v2/rpi4/int8_static/quantize.json").read_text())
+    check = report["budget_check"]
+    assert check["final"]["passed"] is False and check["unattainable"] is True and check["steps"] == []
+
+
+def test_a_missed_budget_fails_evaluate_with_a_table(scratch):
+    """evaluate re-checks the artifact itself (what the board runs), whatever quantize saw."""
+    proc = run([sys.executable, "-m", "stages.evaluate", "upstream=false", "target.budget.max_drop=-50.0"],
+               scratch, check=False)
+    assert proc.returncode == 2
+    log = proc.stdout + proc.stderr
+    assert "FAIL" in log and "top-1 %" in log and "misses its accuracy budget" in log
+    metrics = json.loads((scratch / ART / "metrics.json").read_text())
+    assert metrics["passed"] is False and any("max_drop -50.0" in f for f in metrics["failures"])
 
 
 def test_a_killed_stage_leaves_nothing_half_written_and_a_rerun_recovers(scratch):

@@ -155,3 +155,17 @@ def test_a_passing_build_is_left_alone(tmp_path, monkeypatch, model):
     report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
     assert report["initial"]["passed"] and report["kept_float"] == [] and "sensitivity" not in report
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("budget", [BudgetConfig(max_drop=-1.0), BudgetConfig(min_agreement=1.01)])
+def test_a_budget_no_graph_can_meet_is_reported_not_repaired(tmp_path, monkeypatch, model, budget):
+    """Not even float meets drop < 0 or agreement > 1: say so at once instead of a long, hopeless repair."""
+    cfg = load(["model=fashion_cnn_npu", "quant=int8_static"])
+    x = model.inputs
+    reference = np.concatenate([run(model.layout.rewritten, v) for v in x])
+    judge = Judge(x, [{int(r.argmax())} for r in reference], reference, budget, "input")
+    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    out, _ = quantize(model, "int8_static")
+    report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
+    assert report["unattainable"] is True and report["final"]["passed"] is False
+    assert report["steps"] == [] and "sensitivity" not in report

@@ -36,8 +36,26 @@ def layout_for(cfg: Config) -> Layout:
     return Layout.of(cfg.artifacts, cfg.model.name, cfg.target.name, cfg.quant.name, artifact_name(cfg.target.format))
 
 
-# Failures of the jobs of a Hydra multirun (-m): reported together when the sweep ends.
+# Failures of the jobs of a Hydra multirun (-m): reported together when the sweep ends. Jobs may
+# run in other processes (hydra/launcher=local_parallel: joblib workers) or on other machines
+# (slurm), so each failed job writes one line into the sweep's record folder, which SweepSummary
+# creates in the sweep dir (in the project: a shared filesystem on a cluster) and names in the
+# environment, which the launchers pass on to their jobs.
 SWEEP_FAILURES: list[str] = []
+SWEEP_RECORD_ENV = "EDGEBUILD_SWEEP_RECORD"
+
+
+def _record_failure(line: str) -> None:
+    import os
+    import uuid
+
+    from .fileio import write_text
+
+    folder = os.environ.get(SWEEP_RECORD_ENV)
+    if folder:
+        write_text(Path(folder) / f"{uuid.uuid4().hex}.txt", line + "\n")
+    else:
+        SWEEP_FAILURES.append(line)
 
 
 def _in_multirun() -> bool:
@@ -61,7 +79,7 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
     except BuildError as exc:
         console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
         if _in_multirun():
-            SWEEP_FAILURES.append(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
+            _record_failure(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
             return
         sys.exit(2)
 
@@ -75,10 +93,29 @@ def _overrides() -> list[str]:
 class SweepSummary(Callback):
     """Hydra callback (conf/config.yaml): list a multirun's failed jobs and exit non-zero."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        import os
+        import tempfile
+
+        parent = Path(str(config.hydra.sweep.dir)).resolve() / ".failures"
+        parent.mkdir(parents=True, exist_ok=True)
+        os.environ[SWEEP_RECORD_ENV] = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
-        if SWEEP_FAILURES:
-            console.print(f"[bold red]{len(SWEEP_FAILURES)} job(s) of the sweep failed:[/]")
-            for line in SWEEP_FAILURES:
+        import contextlib
+        import os
+        import shutil
+
+        failures = list(SWEEP_FAILURES)
+        folder = os.environ.pop(SWEEP_RECORD_ENV, None)
+        if folder:
+            failures += [f.read_text().strip() for f in sorted(Path(folder).glob("*.txt"))]
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last sweep out removes .failures/ too
+                Path(folder).parent.rmdir()
+        if failures:
+            console.print(f"[bold red]{len(failures)} job(s) of the sweep failed:[/]")
+            for line in failures:
                 console.print(f"  - {line}")
             sys.exit(2)
 
@@ -98,13 +135,32 @@ def check_yaml_syntax(conf_dir: Path = CONF_DIR) -> None:
                              hint="fix the syntax there (an unclosed bracket or quote, or bad indentation)") from None
 
 
+class StageTask:
+    """The Hydra task function of one stage. Launchers that run jobs in other processes (joblib,
+    submitit) pickle it; it travels as the stage's name, and the job imports ``stages.<name>``
+    there (``python -m stages.<name>`` runs the module as ``__main__``, which does not pickle)."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def __call__(self, raw: DictConfig) -> None:
+        run_stage(self.stage, raw)
+
+    def __reduce__(self) -> tuple:
+        return _stage_task, (self.stage.name,)
+
+
+def _stage_task(name: str) -> StageTask:
+    from .pipeline import load_stage
+
+    return StageTask(load_stage(name))
+
+
 def hydra_entry(stage: Stage) -> Callable[[], None]:
     """``python -m stages.<name> key=value ...``: a Hydra main bound to one stage."""
     import hydra
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def main(raw: DictConfig) -> None:
-        run_stage(stage, raw)
+    main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(StageTask(stage))
 
     def entry() -> None:
         try:

@@ -46,13 +46,21 @@ class Judge:
     def __post_init__(self) -> None:
         self.float_metrics = classification_report(self.reference, self.accepted)
 
+    def holds(self, drop: float, agreement: float) -> bool:
+        return bool(drop <= self.budget.max_drop and (self.budget.min_agreement is None
+                                                      or agreement >= self.budget.min_agreement))
+
+    @property
+    def attainable(self) -> bool:
+        """Whether the float graph itself (drop 0, agreement 1) meets the budget; if not, no repair can."""
+        return self.holds(0.0, 1.0)
+
     def __call__(self, path: Path) -> dict:
         logits = run_all(path, self.inputs, self.input_name)
         metrics = classification_report(logits, self.accepted)
         drop = self.float_metrics[self.budget.metric] - metrics[self.budget.metric]
         agreement = fidelity(self.reference, logits)["agreement"]
-        passed = bool(drop <= self.budget.max_drop and (self.budget.min_agreement is None
-                                                        or agreement >= self.budget.min_agreement))
+        passed = self.holds(drop, agreement)
         return {"metric": self.budget.metric, "float": float(self.float_metrics[self.budget.metric]),
                 "quantized": float(metrics[self.budget.metric]), "drop": float(drop), "agreement": float(agreement),
                 "passed": passed}
@@ -104,6 +112,10 @@ def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dic
                               "initial": first, "kept_float": [], "steps": []}
     if first["passed"] or not cfg.quant.repair.enabled:
         report["final"] = first
+        return report
+    if not judge.attainable:
+        console.print("budget missed, and not even the float graph meets it (drop 0, agreement 1): no repair tried")
+        report["final"], report["unattainable"] = first, True
         return report
     console.print(f"budget missed (drop {first['drop']:.2f} > {judge.budget.max_drop} or agreement "
                   f"{first['agreement']:.3f}): sensitivity analysis, then layers back to float one at a time")
