@@ -169,3 +169,22 @@ def test_a_budget_no_graph_can_meet_is_reported_not_repaired(tmp_path, monkeypat
     report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
     assert report["unattainable"] is True and report["final"]["passed"] is False
     assert report["steps"] == [] and "sensitivity" not in report
+
+
+def test_fp16_keeps_ssa_when_onnxsim_shares_a_constant(tmp_path):
+    """GhostNetV2's three DFC upsamplers share one `scales` Constant after onnxsim; ORT's float16
+    converter gives each consumer the same Cast (same output name): the graph must stay valid."""
+    scales = helper.make_node("Constant", [], ["scales"], name="scales",
+                              value=numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32)))
+    nodes = [scales,
+             helper.make_node("Resize", ["input", "", "scales"], ["up1"], name="up1", mode="linear"),
+             helper.make_node("Resize", ["up1", "", "scales"], ["up2"], name="up2", mode="linear")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("up2", TensorProto.FLOAT, [1, 1, 16, 16])])
+    rewritten = tmp_path / "rewritten.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(rewritten))
+    out = tmp_path / "fp16.onnx"
+    SCHEMES.get("fp16").quantize(load(["quant=fp16"]), SimpleNamespace(rewritten=rewritten), out)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    x = np.random.default_rng(0).normal(size=(1, 1, 4, 4)).astype(np.float32)
+    assert np.abs(run(out, x) - run(rewritten, x)).max() < 1e-2

@@ -68,6 +68,31 @@ def test_slurm_launcher_config():
     assert local._target_.endswith("submitit_launcher.LocalLauncher")
 
 
+def test_a_job_that_crashes_is_reported_with_the_sweep_not_swallowed(monkeypatch, tmp_path):
+    """Hydra's sweepers keep a failed job's exception to themselves: a bug in one job (not a
+    BuildError) must still reach the sweep's failure summary, traceback printed, sweep going on."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stages.core import cli
+    from stages.core.pipeline import Stage
+
+    def crash(cfg, layout):  # noqa: ANN001, ANN202
+        raise ValueError("graph is not in SSA form")
+
+    stage = Stage(name="quantize", scope="build", params=(), needs=(), deps=lambda L: [], outs=lambda L: [], run=crash)
+    monkeypatch.setattr(cli, "_in_multirun", lambda: True)
+    monkeypatch.setattr(cli, "_overrides", lambda: ["quant=fp16"])
+    monkeypatch.setattr(cli, "execute", lambda stage, cfg, layout: stage.run(cfg, layout))
+    monkeypatch.setattr(cli, "SWEEP_FAILURES", [])
+    monkeypatch.delenv(cli.SWEEP_RECORD_ENV, raising=False)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        raw = compose(config_name="config", overrides=["upstream=false", f"artifacts={tmp_path}"])
+    cli.run_stage(stage, raw)  # returns: the other jobs go on
+    assert cli.SWEEP_FAILURES == ["quantize quant=fp16: internal error, ValueError: graph is not in SSA form"]
+
+
 # --- sweeps on a copy of the built project: every upstream stage is fresh ------------------------
 
 @pytest.fixture(scope="module")

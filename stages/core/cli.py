@@ -82,6 +82,13 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
             _record_failure(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
             return
         sys.exit(2)
+    except Exception as exc:  # a bug, not a user error: the traceback matters
+        if not _in_multirun():
+            raise
+        # Hydra's sweepers keep a failed job's exception to themselves: print and record it here.
+        console.print_exception()
+        _record_failure(f"{stage.name} {' '.join(_overrides())}: internal error, "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 def _overrides() -> list[str]:

@@ -61,6 +61,28 @@ def toposort(graph: Any) -> None:
     graph.node.extend(copies)
 
 
+def drop_duplicate_nodes(graph: Any) -> int:
+    """Remove nodes identical to an earlier one (same op, name, inputs, outputs, attributes).
+
+    ORT's float16 converter inserts one input Cast per consumer of a constant; when onnxsim has
+    shared one constant among several nodes, those Casts are identical and write the same output
+    name, which breaks SSA. The first copy serves every consumer."""
+    seen, kept = set(), []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    dropped = len(graph.node) - len(kept)
+    if dropped:
+        copies = [type(n)() for n in kept]
+        for copy, node in zip(copies, kept):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+    return dropped
+
+
 def session(model: Any, threads: int = 1) -> Any:
     """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count."""
     import onnxruntime as ort

@@ -105,6 +105,7 @@ def _fp16(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[P
     model = convert_float_to_float16(onnx.load(str(layout.rewritten)), keep_io_types=True,
                                      op_block_list=list(q.exclude_op_types) or None,
                                      node_block_list=[*q.exclude_nodes, *exclude] or None)
+    onnxgraph.drop_duplicate_nodes(model.graph)  # one Cast per consumer of a shared constant, all alike
     onnxgraph.toposort(model.graph)  # the converter appends its input Casts at the end
     onnx.save(model, str(out))
     return {"kept_float32": [*q.exclude_op_types, *q.exclude_nodes, *exclude]}
