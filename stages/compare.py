@@ -95,11 +95,12 @@ def bench(metrics: list[dict], runs: int, artifacts: Path) -> list[dict]:
     from stages.core.layout import Layout
     from stages.core.models import float_module
 
-    if len({(m["model"], m["target"]) for m in metrics}) != 1:
-        raise SystemExit("--bench times one model's builds for one target against PyTorch eager: "
-                         "give --model and --target")
-    cfg = load_config([f"model={metrics[0]['model']}", f"target={metrics[0]['target']}"])
-    threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
+    if len({m["model"] for m in metrics}) != 1:
+        raise SystemExit("--bench times one model's builds against its PyTorch eager: give --model")
+    targets = sorted({m["target"] for m in metrics})
+    cfg = load_config([f"model={metrics[0]['model']}", f"target={targets[0]}"])
+    # One thread count for every candidate, or the ratios compare thread pools, not artifacts.
+    threads = max(1, min(os.cpu_count() or 1, *(load_config([f"target={t}"]).target.runtime.threads for t in targets)))
     torch.set_num_threads(threads)
     _, image, _ = gold_images(cfg.model.gold)[0]
     module = float_module(cfg.model, Layout.of(artifacts, cfg.model.name, "", "", "").weights)
@@ -127,7 +128,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--md", type=Path, help="also write the table as markdown to this file")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     parser.add_argument("--bench", action="store_true",
-                        help="re-time the artifacts and PyTorch FP32 eager together, in one run (needs --model)")
+                        help="re-time a model's artifacts (all targets, or --target) and PyTorch FP32 eager "
+                             "together, in one run (needs --model)")
     parser.add_argument("--runs", type=int, default=100, help="--bench: timed calls per candidate (default: %(default)s)")
     args = parser.parse_args(argv)
     args.artifacts = args.artifacts.resolve()

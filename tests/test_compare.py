@@ -44,6 +44,6 @@ def test_bench_times_every_artifact_and_eager_in_one_run(built):
     assert all(r["ms"] > 0 for r in rows.values())
 
 
-def test_bench_needs_one_model_and_target(built):
-    proc = run([sys.executable, "-m", "stages.compare", "--model", "mobilenet_v2", "--bench"], built, check=False)
-    assert proc.returncode != 0 and "give --model and --target" in proc.stderr
+def test_bench_needs_one_model(built):
+    proc = run([sys.executable, "-m", "stages.compare", "--target", "rpi4", "--bench"], built, check=False)
+    assert proc.returncode != 0 and "give --model" in proc.stderr
