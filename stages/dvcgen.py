@@ -72,7 +72,7 @@ def report_stage() -> dict[str, Any]:
     """The last stage: one page over every build. Its inputs are listed per build (DVC has no
     foreach for deps), so editing conf/builds.yaml means running this generator again."""
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
-    deps: list[str] = ["stages/report.py"]
+    deps: list[str] = ["stages/report.py", "artifacts/arm64.json"]
     for model in plan["models"]:
         deps.append(rel(Layout(Path("artifacts"), model, "_").train_report))
     for group, files in (("builds", ("metrics", "rewrite_report", "quantize_report", "analysis_dir")),
@@ -83,6 +83,18 @@ def report_stage() -> dict[str, Any]:
     return {"cmd": "python -m stages.report", "deps": deps,
             "outs": [f"artifacts/{name}" for name in ("report.md", "report.html", "report.json",
                                                                          "report")]}
+
+
+def arm64_stage() -> dict[str, Any]:
+    """The Pi artifacts run on emulated arm64 (stages/arm64): after every build, before the report."""
+    from stages.arm64.verify import pi_builds
+
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    deps = ["stages/arm64", "runtime", "pyproject.toml"]
+    for item in pi_builds(plan):
+        layout = Layout(Path("artifacts"), item["model"], item["target"], item["quant"], item["artifact"])
+        deps += [rel(layout.artifact), rel(layout.manifest)]
+    return {"cmd": "python -m stages.arm64", "deps": deps, "outs": ["artifacts/arm64.json"]}
 
 
 def dvc_plots() -> list[dict[str, Any]]:
@@ -105,6 +117,7 @@ def render() -> str:
     stages: dict[str, Any] = compose_stages()
     for name in STAGE_MODULES:
         stages[name] = stage_entry(load_stage(name))
+    stages["arm64"] = arm64_stage()
     stages["report"] = report_stage()
     doc = {"vars": ["conf/builds.yaml"], "stages": stages, "plots": dvc_plots()}
     text = yaml.safe_dump(doc, sort_keys=False, width=120)

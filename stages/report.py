@@ -205,10 +205,27 @@ def build_report(root: Path) -> dict:
     training = [t for t in (training_entry(root, m) for m in _subdirs(root / "_build")) if t]
     notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]})
     return {"builds": builds, "not_built": not_built, "training": training, "divergence": divergence,
-            "latency_notes": notes}
+            "latency_notes": notes, "arm64": read_json(root / "arm64.json")}
 
 
 # ---------------------------------------------------------------- formatting (shared by markdown and HTML)
+ARM64_COLUMNS = ("build", "emulated CPU", "n", "max abs diff vs x86", "top-1 agreement", "top-1 % x86 → arm64",
+                 "arm64 backend", "emulated ms/input")
+
+
+def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
+    """The arm64 section: a sentence, and a row per artifact and emulated CPU."""
+    if not arm64:
+        return "Not checked on arm64: run `python -m stages.arm64` (or `dvc repro`).", []
+    if not arm64.get("ran"):
+        return f"Not checked on arm64 here: {arm64.get('reason', 'no reason recorded')}.", []
+    rows = [[r["build"], r["cpu"] + (" (its board)" if r["board_cpu"] else ""), str(r["n"]),
+             f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.3f}", f"{r['top1_x86']:.1f} → {r['top1_arm64']:.1f}",
+             r["backend_arm64"], f"{r['emulated_ms_per_input']:.1f}"] for r in arm64["results"]]
+    return (f"Each Pi artifact run on gold inputs in {arm64['userland']}, under {arm64['emulator']}, against the "
+            f"same artifact on this x86 host. {arm64['note']}.", rows)
+
+
 def _num(value: Optional[float], spec: str, suffix: str = "") -> str:
     return NA if value is None else f"{value:{spec}}{suffix}"
 
@@ -509,6 +526,8 @@ def render_markdown(report: dict, images: dict[str, bytes]) -> str:
             out += [md_table(("phase", "epoch", "lr", "loss", "train acc %", "test acc %"), epoch_rows(t)), ""]
         if f"train_{t['model']}.svg" in images:
             out += [f"![training curve of {t['model']}]({IMAGE_DIR}/train_{t['model']}.svg)", ""]
+    line, rows = arm64_lines(report.get("arm64"))
+    out += ["## On arm64 (emulated Raspberry Pi CPUs)", "", line, ""] + ([md_table(ARM64_COLUMNS, rows), ""] if rows else [])
     out += ["## Not built here", ""]
     if report["not_built"]:
         out += [md_table(("model", "target / quant", "format", "reason"),
@@ -604,6 +623,10 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
         name = f"train_{t['model']}.svg"
         if name in images:
             out.append(html_image(name, images[name], f"training curve of {t['model']}"))
+    line, rows = arm64_lines(report.get("arm64"))
+    out += ["<h2>On arm64 (emulated Raspberry Pi CPUs)</h2>", f"<p>{esc(line)}</p>"]
+    if rows:
+        out.append(html_table(ARM64_COLUMNS, rows))
     out.append("<h2>Not built here</h2>")
     if report["not_built"]:
         out.append(html_table(("model", "target / quant", "format", "reason"),

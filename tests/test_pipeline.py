@@ -117,7 +117,7 @@ def builds_file(repo: Path) -> dict:
 
 
 def test_quant_change_reruns_quantize_convert_evaluate_only(scratch):
-    """...of the builds that use the scheme, and the report over them."""
+    """...of the builds that use the scheme, the arm64 check of their (Pi) artifacts, and the report."""
 
     users = [key for key, b in builds_file(scratch)["builds"].items() if b["quant"] == "int8_static"]
     assert f"{BUILD}" in users
@@ -126,7 +126,7 @@ def test_quant_change_reruns_quantize_convert_evaluate_only(scratch):
     builds = builds_file(scratch)
     composes = {f"compose@{key}" for key in builds["chains"]} | {f"compose_model@{m}" for m in builds["models"]}
     assert ran_stages(out) - composes == {f"{stage}@{key}" for key in users
-                                          for stage in ("quantize", "convert", "evaluate")} | {"report"}
+                                          for stage in ("quantize", "convert", "evaluate")} | {"arm64", "report"}
 
 
 def test_input_size_change_makes_the_models_whole_chain_stale(scratch):

@@ -218,9 +218,25 @@ def test_partial_tree_shows_na_and_does_not_crash(tree: Path) -> None:
     assert not (tree / "report" / "train_fashion_cnn_npu.svg").exists()  # a stale plot is removed
 
 
+def test_arm64_section_shows_the_check_or_why_it_did_not_run(tree: Path) -> None:
+    (tree / "arm64.json").write_text(json.dumps({"ran": False, "reason": "needs root", "results": []}))
+    write_report(tree)
+    assert "Not checked on arm64 here: needs root." in (tree / "report.md").read_text()
+    row = {"build": "mobilenet_v2-rpi4-int8_static", "cpu": "cortex-a76", "board_cpu": False, "n": 9,
+           "max_abs_diff": 0.0, "top1_agreement": 1.0, "top1_x86": 88.9, "top1_arm64": 88.9,
+           "backend_arm64": "onnxruntime:CPUExecutionProvider", "emulated_ms_per_input": 412.0}
+    (tree / "arm64.json").write_text(json.dumps({"ran": True, "userland": "Debian 12 arm64", "emulator": "qemu 7.2",
+                                                 "note": "emulated timings: not Raspberry Pi timings",
+                                                 "results": [row]}))
+    write_report(tree)
+    md, page = (tree / "report.md").read_text(), (tree / "report.html").read_text()
+    assert "| mobilenet_v2-rpi4-int8_static | cortex-a76 | 9 | 0.00e+00 | 1.000 | 88.9 → 88.9 |" in md
+    assert "not Raspberry Pi timings" in md and "cortex-a76" in page
+
+
 def test_empty_tree_and_command_line(tmp_path: Path) -> None:
     assert build_report(tmp_path) == {"builds": [], "not_built": [], "training": [], "divergence": [],
-                                      "latency_notes": []}
+                                      "latency_notes": [], "arm64": None}
     assert main(["--artifacts", str(tmp_path)]) == 0
     assert "No builds yet." in (tmp_path / "report.md").read_text()
     assert main(["--artifacts", str(tmp_path / "missing")]) == 2

@@ -257,6 +257,7 @@ class TargetConfig:
     board: str = MISSING
     description: str = ""
     arch: str = "aarch64"
+    cpu: Optional[str] = None  # the board's CPU as qemu names it (cortex-a72): `python -m stages.arm64` runs its artifacts there
     format: str = MISSING  # a registered artifact format (stages/formats)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

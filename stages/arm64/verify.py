@@ -1,0 +1,143 @@
+"""arm64: every Raspberry Pi artifact of conf/builds.yaml run where it will run, in an emulated
+arm64 Debian 12 userland (qemu-user, one run per Pi CPU: cortex-a72, cortex-a76), through the
+runtime installed there from this project, and compared with the same artifact on this x86 host.
+
+    python -m stages.arm64 [--max-inputs N]      # writes artifacts/arm64.json (the report shows it)
+
+A Pi artifact is a build whose target names a `cpu`. Emulated timings are recorded as such: they
+say nothing about a Pi's speed. A machine that cannot emulate (no root, no binfmt) gets an
+arm64.json that says so and why, and no numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from stages.core.errors import BuildError
+from stages.core.fileio import write_json
+from stages.core.layout import PROJECT_ROOT, Layout
+from stages.core.log import console
+
+from . import rootfs
+
+OUT = PROJECT_ROOT / "artifacts" / "arm64.json"
+MAX_INPUTS = 100  # per artifact: emulated INT8 MobileNetV2 takes about 0.4 s an input
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def pi_builds(plan: dict) -> list[dict]:
+    """The builds whose target names the CPU of a board qemu can emulate."""
+    from stages.core.cli import load
+
+    rows = []
+    for key, item in (plan.get("builds") or {}).items():
+        target = load([f"target={item['target']}"]).target
+        if target.cpu:
+            rows.append({"build": key, **item, "board_cpu": target.cpu})
+    return rows
+
+
+def gold_batch(model: str, folder: Path, limit: int) -> tuple[np.ndarray, list[set[int]]]:
+    """The first ``limit`` gold inputs, preprocessed as the artifact's manifest tells a board."""
+    from runtime import Manifest
+    from stages.core.cli import load
+    from stages.core.datasets import gold_images
+
+    samples = gold_images(load([f"model={model}"]).model.gold)[:limit]
+    pre = Manifest.read(folder / "manifest.json").preprocessor()
+    return np.stack([pre(image) for _, image, _ in samples]), [accepted for _, _, accepted in samples]
+
+
+def top1(logits: np.ndarray, accepted: list[set[int]]) -> float:
+    return 100.0 * float(np.mean([int(row.argmax()) in acc for row, acc in zip(logits.reshape(len(accepted), -1),
+                                                                                 accepted)]))
+
+
+def x86_outputs(artifact: Path, batch: np.ndarray) -> np.ndarray:
+    from runtime import load
+
+    session = load(artifact, threads=1)
+    return np.concatenate([np.asarray(session.run(x)) for x in batch])
+
+
+def compare(build: dict, cpu: str, ref: np.ndarray, arm: np.ndarray, accepted: list[set[int]], info: dict) -> dict:
+    ref2, arm2 = ref.reshape(len(accepted), -1), arm.reshape(len(accepted), -1)
+    return {"build": build["build"], "model": build["model"], "target": build["target"], "quant": build["quant"],
+            "artifact": build["artifact"], "cpu": cpu, "board_cpu": cpu == build["board_cpu"], "n": len(accepted),
+            "max_abs_diff": float(np.abs(ref2.astype(np.float64) - arm2).max()),
+            "top1_agreement": float(np.mean(ref2.argmax(1) == arm2.argmax(1))),
+            "top1_x86": top1(ref2, accepted), "top1_arm64": top1(arm2, accepted),
+            "backend_arm64": info["backend"], "machine": info["machine"],
+            "emulated_ms_per_input": round(info["emulated_ms_per_input"], 1)}
+
+
+def verify(plan: dict, limit: int) -> dict[str, Any]:
+    started = time.monotonic()
+    builds = pi_builds(plan)
+    cpus = sorted({b["board_cpu"] for b in builds})
+    root = rootfs.ensure_rootfs()
+    venv = rootfs.ensure_venv(root)
+    setup_s = time.monotonic() - started
+    qemu = subprocess.run([rootfs.QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    work = root / "opt/edgebuild/work"
+    inside = "/opt/edgebuild/work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy(WORKER, work / "worker.py")
+    prepared = []
+    for build in builds:
+        folder = Layout.of("artifacts", build["model"], build["target"], build["quant"], build["artifact"]).artifact.parent
+        if not (folder / build["artifact"]).exists():
+            raise BuildError(f"{folder / build['artifact']} does not exist", hint="run `dvc repro` first")
+        batch, accepted = gold_batch(build["model"], folder, limit)
+        shutil.copytree(folder, work / build["build"])
+        np.save(work / build["build"] / "inputs.npy", batch)
+        prepared.append((build, x86_outputs(folder / build["artifact"], batch), accepted))
+    results = []
+    for cpu in cpus:
+        jobs = [{"artifact": f"{inside}/{b['build']}/{b['artifact']}", "inputs": f"{inside}/{b['build']}/inputs.npy",
+                 "outputs": f"{inside}/{b['build']}/{cpu}.npy"} for b, _, _ in prepared]
+        (work / f"jobs-{cpu}.json").write_text(json.dumps(jobs))
+        console.print(f"arm64 {cpu}: {len(jobs)} artifacts on their gold inputs (emulated)")
+        out = rootfs.run_in(root, [f"{venv}/bin/python", f"{inside}/worker.py", f"{inside}/jobs-{cpu}.json"], cpu=cpu)
+        infos = json.loads(out.strip().splitlines()[-1])
+        for (build, ref, accepted), info in zip(prepared, infos):
+            arm = np.load(work / build["build"] / f"{cpu}.npy")
+            results.append(compare(build, cpu, ref, arm, accepted, info))
+    shutil.rmtree(work, ignore_errors=True)
+    return {"ran": True, "emulator": qemu, "userland": f"Debian 12 ({rootfs.SUITE}) arm64, runtime venv: "
+            f"`pip install .` + {rootfs.TORCH}", "max_inputs": limit, "results": results,
+            "timing_s": {"setup": round(setup_s, 1), "total": round(time.monotonic() - started, 1)},
+            "note": "emulated timings (qemu-user on x86): not Raspberry Pi timings"}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.arm64", description=__doc__.splitlines()[0])
+    parser.add_argument("--max-inputs", type=int, default=MAX_INPUTS, help="gold inputs per artifact (%(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    reason = rootfs.why_not_here()
+    if reason:
+        console.print(f"[bold yellow]arm64 check not run:[/] {reason}")
+        write_json(args.out, {"ran": False, "reason": reason, "results": []})
+        return 0
+    try:
+        record = verify(plan, args.max_inputs)
+    except BuildError as exc:
+        console.print(f"[bold red]error[/] in stage 'arm64': {exc}")
+        return 2
+    write_json(args.out, record)
+    for r in record["results"]:
+        console.print(f"  {r['build']:42s} {r['cpu']:11s} n={r['n']:3d} max|Δ|={r['max_abs_diff']:.2e} "
+                      f"agree={r['top1_agreement']:.3f} top-1 x86 {r['top1_x86']:.1f} / arm64 {r['top1_arm64']:.1f}")
+    return 0

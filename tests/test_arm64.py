@@ -1,0 +1,50 @@
+"""The Raspberry Pi artifacts on (emulated) arm64 (stages/arm64): the real check in the built
+project where this machine can emulate, and what a machine that cannot is told."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.arm64 import rootfs, verify
+from stages.core.cli import load
+
+
+def test_pi_targets_name_the_cpu_qemu_emulates():
+    assert {t: load([f"target={t}"]).target.cpu for t in ("rpi4", "rpi5", "rpi4_torch", "rk3566")} == {
+        "rpi4": "cortex-a72", "rpi5": "cortex-a76", "rpi4_torch": "cortex-a72", "rk3566": None}
+
+
+def test_the_pi_builds_are_the_ones_whose_target_names_a_cpu():
+    plan = {"builds": {"a": {"model": "mobilenet_v2", "target": "rpi4", "quant": "int8_static", "artifact": "model.onnx"},
+                       "b": {"model": "mobilenet_v2", "target": "rk3566", "quant": "rknn_int8", "artifact": "model.rknn"}}}
+    assert [(b["build"], b["board_cpu"]) for b in verify.pi_builds(plan)] == [("a", "cortex-a72")]
+
+
+def test_without_root_it_says_why_and_records_no_numbers(monkeypatch, tmp_path):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    reason = rootfs.why_not_here()
+    assert reason and "root" in reason
+    out = tmp_path / "arm64.json"
+    assert verify.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"ran": False, "reason": reason, "results": []}
+
+
+@pytest.mark.pipeline
+def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
+    record = json.loads((built / "artifacts/arm64.json").read_text())
+    if not record["ran"]:
+        pytest.skip(f"arm64 not emulated on this machine: {record['reason']}")
+    import yaml
+
+    plan = yaml.safe_load((built / "conf/builds.yaml").read_text())
+    pi = {b["build"] for b in verify.pi_builds(plan)}
+    assert {r["build"] for r in record["results"]} == pi and {"fashion_cnn_npu-rpi4_torch-torch_int8"} <= pi
+    assert {(r["build"], r["cpu"]) for r in record["results"]} == {(b, c) for b in pi
+                                                                  for c in ("cortex-a72", "cortex-a76")}
+    for r in record["results"]:
+        assert r["machine"] == "aarch64", r
+        assert r["top1_agreement"] >= 0.98 and abs(r["top1_arm64"] - r["top1_x86"]) <= 1.0, r
+    torch_rows = [r for r in record["results"] if r["quant"] == "torch_int8"]
+    assert all(r["backend_arm64"] == "torchscript:qnnpack" for r in torch_rows)  # the Pi 4 tutorial's engine
+    assert "not Raspberry Pi timings" in record["note"]
