@@ -91,9 +91,9 @@ def ensure_rootfs() -> Path:
     _run(["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"], timeout=1200)
     shutil.copy("/etc/resolv.conf", partial / "etc/resolv.conf")
     with mounted(partial):
-        _chroot(partial, ["apt-get", "update", "-qq"])
-        _chroot(partial, ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES])
-        _chroot(partial, ["apt-get", "clean"])
+        chroot(partial, ["apt-get", "update", "-qq"])
+        chroot(partial, ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES])
+        chroot(partial, ["apt-get", "clean"])
     partial.rename(root)
     (root / ".complete").write_text("ok\n")
     return root
@@ -119,10 +119,10 @@ def ensure_venv(root: Path) -> str:
     (src / "README.md").write_text("edgebuild runtime\n")
     with mounted(root):
         if not (root / VENV.lstrip("/") / "bin/python").exists():
-            _chroot(root, ["python3", "-m", "venv", VENV])
+            chroot(root, ["python3", "-m", "venv", VENV])
         pip = [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        _chroot(root, [*pip, "/opt/edgebuild/src"], timeout=1800)  # the README's `pip install .`
-        _chroot(root, [*pip, TORCH], timeout=1800)  # PyPI's aarch64 wheel is the CPU build
+        chroot(root, [*pip, "/opt/edgebuild/src"], timeout=1800)  # the README's `pip install .`
+        chroot(root, [*pip, TORCH], timeout=1800)  # PyPI's aarch64 wheel is the CPU build
     stamp.write_text(digest + "\n")
     return VENV
 
@@ -158,16 +158,10 @@ def mounted(root: Path) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:
+def chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:
     """Run ``cmd`` in the arm64 userland with a clean environment (no host PIP_* settings)."""
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
            "DEBIAN_FRONTEND=noninteractive", f"PIP_CERT={HOST_CA}", f"SSL_CERT_FILE={HOST_CA}"]
     if cpu:
         env.append(f"QEMU_CPU={cpu}")
     return _run(["chroot", str(root), *env, *cmd], timeout=timeout)
-
-
-def run_in(root: Path, cmd: list[str], cpu: str, timeout: int = 1800) -> str:
-    """Run a command of the runtime's venv on the emulated ``cpu`` (e.g. cortex-a72)."""
-    with mounted(root):
-        return _chroot(root, cmd, timeout=timeout, cpu=cpu)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,17 +103,21 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
         shutil.copytree(folder, work / build["build"])
         np.save(work / build["build"] / "inputs.npy", batch)
         prepared.append((build, x86_outputs(folder / build["artifact"], batch), accepted))
-    results = []
     for cpu in cpus:
         jobs = [{"artifact": f"{inside}/{b['build']}/{b['artifact']}", "inputs": f"{inside}/{b['build']}/inputs.npy",
                  "outputs": f"{inside}/{b['build']}/{cpu}.npy"} for b, _, _ in prepared]
         (work / f"jobs-{cpu}.json").write_text(json.dumps(jobs))
-        console.print(f"arm64 {cpu}: {len(jobs)} artifacts on their gold inputs (emulated)")
-        out = rootfs.run_in(root, [f"{venv}/bin/python", f"{inside}/worker.py", f"{inside}/jobs-{cpu}.json"], cpu=cpu)
-        infos = json.loads(out.strip().splitlines()[-1])
-        for (build, ref, accepted), info in zip(prepared, infos):
-            arm = np.load(work / build["build"] / f"{cpu}.npy")
-            results.append(compare(build, cpu, ref, arm, accepted, info))
+    console.print(f"arm64: {len(prepared)} artifacts on {', '.join(cpus)}, in parallel (emulated)")
+
+    def emulate(cpu: str) -> list[dict]:
+        out = rootfs.chroot(root, [f"{venv}/bin/python", f"{inside}/worker.py", f"{inside}/jobs-{cpu}.json"],
+                            timeout=1800, cpu=cpu)
+        return json.loads(out.strip().splitlines()[-1])
+
+    with rootfs.mounted(root), ThreadPoolExecutor(len(cpus)) as pool:  # one emulator process per CPU
+        infos = dict(zip(cpus, pool.map(emulate, cpus)))
+    results = [compare(build, cpu, ref, np.load(work / build["build"] / f"{cpu}.npy"), accepted, info)
+               for cpu in cpus for (build, ref, accepted), info in zip(prepared, infos[cpu])]
     shutil.rmtree(work, ignore_errors=True)
     return {"ran": True, "emulator": qemu, "userland": f"Debian 12 ({rootfs.SUITE}) arm64, runtime venv: "
             f"`pip install .` + {rootfs.TORCH}", "max_inputs": limit, "results": results,
