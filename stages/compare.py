@@ -58,9 +58,9 @@ def row_of(m: dict) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    from stages.report import md_table
+
+    return md_table(columns, [[str(r[c]) for c in columns] for r in rows]) + "\n"
 
 
 def markdown_of(rows: list[dict]) -> str:

@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,11 +57,6 @@ def gold_batch(model: str, folder: Path, limit: int) -> tuple[np.ndarray, list[s
     return np.stack([pre(image) for _, image, _ in samples]), [accepted for _, _, accepted in samples]
 
 
-def top1(logits: np.ndarray, accepted: list[set[int]]) -> float:
-    return 100.0 * float(np.mean([int(row.argmax()) in acc for row, acc in zip(logits.reshape(len(accepted), -1),
-                                                                                 accepted)]))
-
-
 def x86_outputs(artifact: Path, batch: np.ndarray) -> np.ndarray:
     from runtime import load
 
@@ -71,12 +65,15 @@ def x86_outputs(artifact: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def compare(build: dict, cpu: str, ref: np.ndarray, arm: np.ndarray, accepted: list[set[int]], info: dict) -> dict:
+    from stages.core.metrics import classification_report, fidelity
+
     ref2, arm2 = ref.reshape(len(accepted), -1), arm.reshape(len(accepted), -1)
+    same = fidelity(ref2, arm2)
     return {"build": build["build"], "model": build["model"], "target": build["target"], "quant": build["quant"],
             "artifact": build["artifact"], "cpu": cpu, "board_cpu": cpu == build["board_cpu"], "n": len(accepted),
-            "max_abs_diff": float(np.abs(ref2.astype(np.float64) - arm2).max()),
-            "top1_agreement": float(np.mean(ref2.argmax(1) == arm2.argmax(1))),
-            "top1_x86": top1(ref2, accepted), "top1_arm64": top1(arm2, accepted),
+            "max_abs_diff": same["max_abs_diff"], "top1_agreement": same["agreement"],
+            "top1_x86": classification_report(ref2, accepted)["top1"],
+            "top1_arm64": classification_report(arm2, accepted)["top1"],
             "backend_arm64": info["backend"], "machine": info["machine"],
             "emulated_ms_per_input": round(info["emulated_ms_per_input"], 1)}
 

@@ -54,8 +54,13 @@ def toposort(graph: Any) -> None:
             ordered.append(node)
             available.update(node.output)
         pending = [n for n in pending if n not in ready]
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered):
+    _set_nodes(graph, ordered)
+
+
+def _set_nodes(graph: Any, nodes: list) -> None:
+    """Replace the graph's node list (copies first: the nodes are views into that list)."""
+    copies = [type(n)() for n in nodes]
+    for copy, node in zip(copies, nodes):
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
@@ -75,11 +80,7 @@ def drop_duplicate_nodes(graph: Any) -> int:
             kept.append(node)
     dropped = len(graph.node) - len(kept)
     if dropped:
-        copies = [type(n)() for n in kept]
-        for copy, node in zip(copies, kept):
-            copy.CopyFrom(node)
-        del graph.node[:]
-        graph.node.extend(copies)
+        _set_nodes(graph, kept)
     return dropped
 
 
