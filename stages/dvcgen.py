@@ -72,7 +72,7 @@ def report_stage() -> dict[str, Any]:
     """The last stage: one page over every build. Its inputs are listed per build (DVC has no
     foreach for deps), so editing conf/builds.yaml means running this generator again."""
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
-    deps: list[str] = ["stages/report.py", "artifacts/arm64.json"]
+    deps: list[str] = ["stages/report.py", "artifacts/arm64.json", *(["artifacts/faces.json"] if plan.get("detectors") else [])]
     for model in plan["models"]:
         deps.append(rel(Layout(Path("artifacts"), model, "_").train_report))
     for group, files in (("builds", ("metrics", "rewrite_report", "quantize_report", "analysis_dir")),
@@ -97,6 +97,23 @@ def arm64_stage() -> dict[str, Any]:
     return {"cmd": "python -m stages.arm64", "deps": deps, "outs": ["artifacts/arm64.json"]}
 
 
+def faces_stage() -> dict[str, Any]:
+    """The face apps end to end on each detector entry's artifacts (stages/faces.py)."""
+    from stages.faces import artifact_path
+
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    deps = ["stages/faces.py", "stages/core", "runtime", "conf/dataset/lfw_faces.yaml", "conf/dataset/face_crops.yaml"]
+    for entry in (plan.get("detectors") or {}).values():
+        models = [(entry[net], entry["quant"]) for net in ("pnet", "rnet", "onet")]
+        if entry.get("headpose"):
+            models.append((entry["headpose"], entry.get("headpose_quant", entry["quant"])))
+        for model, quant in models:
+            artifact = artifact_path(plan, model, entry["target"], quant)
+            deps += [rel(artifact.relative_to(PROJECT_ROOT)), rel(artifact.relative_to(PROJECT_ROOT).with_name("manifest.json"))]
+        deps += [rel(Layout(Path("artifacts"), model, "_").weights) for model, _ in models[:3]]
+    return {"cmd": "python -m stages.faces", "deps": deps, "outs": ["artifacts/faces.json"]}
+
+
 def dvc_plots() -> list[dict[str, Any]]:
     """`dvc plots show`: training curves of the models trained here, and accuracy vs latency."""
     from stages.core.cli import load
@@ -118,6 +135,8 @@ def render() -> str:
     for name in STAGE_MODULES:
         stages[name] = stage_entry(load_stage(name))
     stages["arm64"] = arm64_stage()
+    if yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text()).get("detectors"):
+        stages["faces"] = faces_stage()
     stages["report"] = report_stage()
     doc = {"vars": ["conf/builds.yaml"], "stages": stages, "plots": dvc_plots()}
     text = yaml.safe_dump(doc, sort_keys=False, width=120)

@@ -19,7 +19,7 @@ from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import Layout
 from stages.core.log import console, track
-from stages.core.metrics import classification_report, fidelity
+from stages.core.tasks import scoring
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
@@ -31,6 +31,7 @@ DIVERGENCE_INPUTS = 64  # per-layer statistics settle long before 10,000 inputs
 
 
 def per_image(samples: list, reference: np.ndarray, candidate: np.ndarray) -> list[dict]:
+    reference, candidate = reference.reshape(len(reference), -1), candidate.reshape(len(candidate), -1)
     rows = [{"file": f, "accept": sorted(a), "float_top1": int(r.argmax()), "artifact_top1": int(c.argmax())}
             for (f, _, a), r, c in zip(samples, reference, candidate)]
     if len(rows) <= PER_IMAGE_ALL:
@@ -57,6 +58,9 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     torch.set_num_threads(threads)
     samples = gold_images(cfg.model.gold)
     accepted = [acc for _, _, acc in samples]
+    ids = [ident for ident, _, _ in samples]
+    task, task_params = scoring(cfg.model.task), {**dict(cfg.model.task_params),
+                                                  "variant_degrees": cfg.model.gold.variant_degrees}
     # The float model gets the model's preprocessing; the artifact gets what its manifest tells a
     # board to feed (for RKNN: uint8 NHWC pixels, normalized on the NPU).
     to_float, to_board = preprocess_for(cfg.model.input), Manifest.read(layout.manifest).preprocessor()
@@ -79,24 +83,21 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
 
     # The float graph after the target's rewrites, in ONNX Runtime: what the rewrites cost, before quantization.
     rewritten = onnxgraph.run_all(layout.rewritten, float_inputs, cfg.model.input.name)
-    float_metrics = classification_report(reference, accepted)
-    artifact_metrics = classification_report(candidate, accepted)
-    agree = fidelity(reference, candidate)
+    float_metrics = task.score(reference, accepted, ids, task_params)
+    artifact_metrics = task.score(candidate, accepted, ids, task_params)
+    agree = task.compare(reference, candidate, ids, task_params)
     budget = effective_budget(cfg)
-    drop = float_metrics[budget.metric] - artifact_metrics[budget.metric]
-    failures = []
-    if drop > budget.max_drop:
-        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
-    if budget.min_agreement is not None and agree["agreement"] < budget.min_agreement:
-        failures.append(f"agreement {agree['agreement']:.3f} < min_agreement {budget.min_agreement}")
+    drop, failures = budget_failures(budget, float_metrics, artifact_metrics, agree)
     metrics = {
         "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name, "format": cfg.target.format,
         "dataset": cfg.model.gold.name, "n": len(samples),
-        "float": float_metrics, "rewritten": classification_report(rewritten, accepted), "artifact": artifact_metrics,
+        "task": cfg.model.task.value, "headline": list(task.headline),
+        "float": float_metrics, "rewritten": task.score(rewritten, accepted, ids, task_params),
+        "artifact": artifact_metrics,
         "diff": {k: artifact_metrics[k] - float_metrics[k] for k in float_metrics},
         "fidelity": agree,
         "budget": {"metric": budget.metric, "max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
-                   "drop": drop},
+                   "max_error": budget.max_error, "drop": drop},
         "passed": not failures,
         "failures": failures,
         "latency_ms": {**latency, "threads": threads, "backend": gold.backend, "runs": cfg.target.benchmark.runs,
@@ -124,22 +125,35 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     return metrics
 
 
+def budget_failures(budget, float_metrics: dict, artifact_metrics: dict, agree: dict) -> tuple[float, list[str]]:  # noqa: ANN001
+    """(drop of the budget's metric, every way the artifact misses the budget)."""
+    failures = []
+    drop = float_metrics[budget.metric] - artifact_metrics[budget.metric] if budget.metric else 0.0
+    if budget.metric and drop > budget.max_drop:
+        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
+    if budget.min_agreement is not None and agree["agreement"] < budget.min_agreement:
+        failures.append(f"agreement {agree['agreement']:.3f} < min_agreement {budget.min_agreement}")
+    if budget.max_error is not None and agree.get("error", 0.0) > budget.max_error:
+        failures.append(f"error vs float {agree['error']:.3f} > max_error {budget.max_error}")
+    return drop, failures
+
+
 def print_table(m: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{m['model']} / {m['target']} / {m['quant']}  on {m['dataset']} (n={m['n']})")
-    for col in ("", "top-1 %", "top-5 %", "latency ms"):
+    shown = [k for k in m["float"] if isinstance(m["float"][k], float)][:4]
+    for col in ("", *shown, "latency ms"):
         table.add_column(col, justify="right")
-    eager_ms = m["latency_ms"]["torch_eager_fp32"]
-    table.add_row("float (torch eager)", f"{m['float']['top1']:.2f}", f"{m['float']['top5']:.2f}",
-                  f"{eager_ms:.2f}" if eager_ms else "n/a")
-    table.add_row("float ONNX, rewritten", f"{m['rewritten']['top1']:.2f}", f"{m['rewritten']['top5']:.2f}", "")
-    artifact_ms = m["latency_ms"]["artifact"]
-    table.add_row("artifact", f"{m['artifact']['top1']:.2f}", f"{m['artifact']['top5']:.2f}",
-                  f"{artifact_ms:.2f}" if artifact_ms else "n/a")
+    eager_ms, artifact_ms = m["latency_ms"]["torch_eager_fp32"], m["latency_ms"]["artifact"]
+    for name, key, ms in (("float (torch eager)", "float", eager_ms), ("float ONNX, rewritten", "rewritten", None),
+                          ("artifact", "artifact", artifact_ms)):
+        table.add_row(name, *(f"{m[key][k]:.2f}" for k in shown), f"{ms:.2f}" if ms else ("" if key == "rewritten" else "n/a"))
     console.print(table)
     status = "[green]PASS[/]" if m["passed"] else "[red]FAIL[/]"
+    error = m["fidelity"].get("error")
     console.print(f"{status}  drop {m['budget']['drop']:.2f} (max {m['budget']['max_drop']}), "
+                  + (f"error vs float {error:.3f}, " if error is not None else "") +
                   f"agreement {m['fidelity']['agreement']:.3f}, cosine {m['fidelity']['cosine_mean']:.4f}, "
                   f"speedup {('x%.1f' % m['speedup']) if m['speedup'] else 'n/a'}, {m['size_bytes'] / 1e6:.2f} MB"
                   + (f" ({m['latency_ms']['note']})" if m["latency_ms"]["note"] else ""))
@@ -147,8 +161,9 @@ def print_table(m: dict) -> None:
 
 STAGE = Stage(
     name="evaluate", scope="build",
-    params=("model.module", "model.surgery", "model.input", "model.output", "model.gold",
-            "target.budget", "quant.budget", "target.benchmark", "target.runtime"),
+    params=("model.module", "model.surgery", "model.input", "model.output", "model.gold", "model.task",
+            "model.task_params",
+            "target.budget", "model.budget", "quant.budget", "target.benchmark", "target.runtime"),
     needs=("convert",),
     deps=lambda L: [L.weights, L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
     outs=lambda L: [L.metrics, L.analysis_dir],

@@ -25,6 +25,9 @@ def export(cfg: Config, layout: Layout) -> None:
             traced, (example,), str(tmp), dynamo=False, opset_version=cfg.model.export.opset,
             input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
             do_constant_folding=True,
+            dynamic_axes={cfg.model.input.name: dict(cfg.model.export.dynamic_input),
+                          cfg.model.output.name: dict(cfg.model.export.dynamic_output)}
+            if cfg.model.export.dynamic_input else None,
         )
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
@@ -35,7 +38,7 @@ def export(cfg: Config, layout: Layout) -> None:
 
 STAGE = Stage(
     name="export", scope="model",
-    params=("model.input", "model.output", "model.export.opset"),
+    params=("model.input", "model.output", "model.export"),
     needs=("trace",),
     deps=lambda L: [L.traced],
     outs=lambda L: [L.exported],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from stages.core import onnxgraph
 from stages.core.cli import hydra_entry
@@ -56,25 +57,31 @@ def print_budget_table(title: str, budget: dict) -> None:
     from rich.table import Table
 
     b = budget["budget"]
-    metric = {"top1": "top-1 %", "top5": "top-5 %"}.get(b["metric"], b["metric"])
+    metric = {"top1": "top-1 %", "top5": "top-5 %", None: "(no metric)"}.get(b["metric"], b["metric"])
     table = Table(title=title, title_justify="left")
     for col in ("graph", metric, "drop", "agreement", "verdict"):
         table.add_column(col, justify="left" if col == "graph" else "right")
     first = budget["initial"]
-    table.add_row("float (rewritten ONNX)", f"{first['float']:.2f}", "", "", "")
+
+    def num(value: Any, spec: str = ".2f") -> str:
+        return "" if value is None else format(value, spec)
+
+    table.add_row("float (rewritten ONNX)", num(first["float"]), "", "", "")
     rows = [("as quantized", first)] + [(f"+ {s['kept_float'][-1]} in float", s) for s in budget["steps"]]
     for name, r in rows:
-        table.add_row(name, f"{r['quantized']:.2f}", f"{r['drop']:.2f}", f"{r['agreement']:.3f}",
+        error = f" (error {r['error']:.3f})" if "error" in r else ""
+        table.add_row(name, num(r["quantized"]), num(r["drop"]) if b["metric"] else "", f"{r['agreement']:.3f}{error}",
                       "[green]PASS[/]" if r["passed"] else "[red]FAIL[/]")
-    table.add_row("budget", "", f"≤ {b['max_drop']}",
-                  f"≥ {b['min_agreement']}" if b["min_agreement"] is not None else "", "")
+    table.add_row("budget", "", f"≤ {b['max_drop']}" if b["metric"] else "",
+                  (f"≥ {b['min_agreement']}" if b["min_agreement"] is not None else "")
+                  + (f" error ≤ {b['max_error']}" if b.get("max_error") is not None else ""), "")
     console.print(table)
 
 
 STAGE = Stage(
     name="quantize", scope="build",
     params=("model.module", "model.surgery", "model.input", "model.export.opset", "model.gold", "quant",
-            "target.budget", "target.runtime", "rewrite"),
+            "model.task", "model.task_params", "model.budget", "target.budget", "target.runtime", "rewrite"),
     needs=("rewrite", "calibrate"),
     deps=lambda L: [L.rewritten, L.calibration, L.weights],  # weights: schemes that quantize the module
     outs=lambda L: [L.quantized, L.quantize_report],

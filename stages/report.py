@@ -118,6 +118,7 @@ def build_row(root: Path, model: str, target: str, quant: str) -> dict:
         "agreement": (metrics.get("fidelity") or {}).get("agreement"),
         "min_agreement": budget.get("min_agreement"),
         "cosine_mean": (metrics.get("fidelity") or {}).get("cosine_mean"),
+        "error": (metrics.get("fidelity") or {}).get("error"), "max_error": budget.get("max_error"),
         "latency_ms": latency.get("artifact"), "torch_eager_fp32_ms": latency.get("torch_eager_fp32"),
         "latency_note": latency.get("note") or "", "backend": latency.get("backend"),
         "speedup": metrics.get("speedup"),
@@ -205,7 +206,7 @@ def build_report(root: Path) -> dict:
     training = [t for t in (training_entry(root, m) for m in _subdirs(root / "_build")) if t]
     notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]})
     return {"builds": builds, "not_built": not_built, "training": training, "divergence": divergence,
-            "latency_notes": notes, "arm64": read_json(root / "arm64.json")}
+            "latency_notes": notes, "arm64": read_json(root / "arm64.json"), "faces": read_json(root / "faces.json")}
 
 
 # ---------------------------------------------------------------- formatting (shared by markdown and HTML)
@@ -224,6 +225,32 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
              r["backend_arm64"], f"{r['emulated_ms_per_input']:.1f}"] for r in arm64["results"]]
     return (f"Each Pi artifact run on gold inputs in {arm64['userland']}, under {arm64['emulator']}, against the "
             f"same artifact on this x86 host. {arm64['note']}.", rows)
+
+
+FACES_COLUMNS = ("detector", "lfw recall % float → artifact", "lfw false positives (of non-faces)",
+                 "photos: face found (float / artifact)", "photo IoU artifact vs float", "tracking fps (this CPU)",
+                 "detect ms/frame", "IDs stable", "fps with head pose")
+
+
+def faces_rows(faces: Optional[dict]) -> list[list[str]]:
+    """The face apps: one row per detector entry (stages/faces.py)."""
+    rows = []
+    for d in (faces or {}).get("detectors", []):
+        lf, la, photos, tr = d["lfw"]["float"], d["lfw"]["artifact"], d["photos"], d["tracking"]
+        ious = [p["iou_artifact_vs_float"] for p in photos if p["iou_artifact_vs_float"] is not None]
+        plain, pose = tr.get("detect+track") or {}, tr.get("detect+track+headpose") or {}
+        rows.append([d["detector"], f"{lf['recall']:.0f} → {la['recall']:.0f}",
+                     f"{lf['false_positives']} / {la['false_positives']} (of {la['non_faces']})",
+                     f"{sum(p['float_found'] for p in photos)} / {sum(p['artifact_found'] for p in photos)} of {len(photos)}",
+                     f"{min(ious):.2f}–{max(ious):.2f}" if ious else NA, _num(plain.get("fps"), ".1f"),
+                     _num(plain.get("mean_detect_ms"), ".1f"), "yes" if plain.get("stable") else "NO",
+                     _num(pose.get("fps"), ".1f")])
+    return rows
+
+
+FACES_LINE = ("The MTCNN cascade (runtime/tasks/face_detection.py) on the float PyTorch nets and on the artifacts, "
+              "and the tracking app on a 60-frame 640x360 video of three real faces moving across a real photo. "
+              "Frames per second are this build machine's CPU, not a board's.")
 
 
 def _num(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -279,6 +306,8 @@ COLUMNS = ("model", "target", "quant", "format", "top-1 % float → artifact", "
 
 def row_cells(row: dict, notes: list[str]) -> list[str]:
     top1 = NA if row["top1"] is None else f"{_num(row['float_top1'], '.2f')} → {row['top1']:.2f}"
+    if row["top1"] is None and row.get("error") is not None:  # no labels (head pose): the error vs float
+        top1 = f"error vs float {row['error']:.2f} (≤ {_num(row.get('max_error'), 'g')})"
     drop = NA if row["drop"] is None else f"{row['drop']:.2f} (≤ {_num(row['max_drop'], 'g')})"
     agreement = NA if row["agreement"] is None else f"{row['agreement']:.3f} (≥ {_num(row['min_agreement'], 'g')})"
     toolchain = ", ".join(f"{k} {v}" for k, v in (row["toolchain"] or {}).items()) or NA
@@ -526,6 +555,9 @@ def render_markdown(report: dict, images: dict[str, bytes]) -> str:
             out += [md_table(("phase", "epoch", "lr", "loss", "train acc %", "test acc %"), epoch_rows(t)), ""]
         if f"train_{t['model']}.svg" in images:
             out += [f"![training curve of {t['model']}]({IMAGE_DIR}/train_{t['model']}.svg)", ""]
+    if faces_rows(report.get("faces")):
+        out += ["## Face detection, head pose and tracking", "", FACES_LINE, "",
+                md_table(FACES_COLUMNS, faces_rows(report.get("faces"))), ""]
     line, rows = arm64_lines(report.get("arm64"))
     out += ["## On arm64 (emulated Raspberry Pi CPUs)", "", line, ""] + ([md_table(ARM64_COLUMNS, rows), ""] if rows else [])
     out += ["## Not built here", ""]
@@ -623,6 +655,9 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
         name = f"train_{t['model']}.svg"
         if name in images:
             out.append(html_image(name, images[name], f"training curve of {t['model']}"))
+    if faces_rows(report.get("faces")):
+        out += ["<h2>Face detection, head pose and tracking</h2>", f"<p>{esc(FACES_LINE)}</p>",
+                html_table(FACES_COLUMNS, faces_rows(report.get("faces")))]
     line, rows = arm64_lines(report.get("arm64"))
     out += ["<h2>On arm64 (emulated Raspberry Pi CPUs)</h2>", f"<p>{esc(line)}</p>"]
     if rows:

@@ -48,3 +48,39 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
     torch_rows = [r for r in record["results"] if r["quant"] == "torch_int8"]
     assert all(r["backend_arm64"] == "torchscript:qnnpack" for r in torch_rows)  # the Pi 4 tutorial's engine
     assert "not Raspberry Pi timings" in record["note"]
+
+
+def test_the_board_is_installed_from_pyproject_plus_torch_for_debian12_aarch64():
+    import tomllib
+
+    meta = tomllib.loads((rootfs.PROJECT_ROOT / "pyproject.toml").read_text())
+    assert rootfs.requirements() == [*meta["build-system"]["requires"], *meta["project"]["dependencies"], rootfs.TORCH]
+    tags = rootfs.platforms()
+    assert tags[0] == "manylinux_2_36_aarch64" and {"manylinux_2_28_aarch64", "manylinux2014_aarch64"} <= set(tags)
+
+
+def test_host_pip_download_evaluates_markers_for_the_board(monkeypatch):
+    """pip --platform would evaluate torch's `platform_machine == "x86_64"` CUDA deps on this host."""
+    import importlib
+    import sys
+
+    from pip._vendor.packaging import markers
+
+    monkeypatch.setattr(markers, "default_environment", markers.default_environment)  # restored afterwards
+    monkeypatch.delitem(sys.modules, "stages.arm64.board_pip", raising=False)
+    importlib.import_module("stages.arm64.board_pip")
+    assert not markers.Marker('platform_system == "Linux" and platform_machine == "x86_64"').evaluate()
+    assert markers.Marker('platform_machine == "aarch64" and python_version == "3.11"').evaluate()
+
+
+def test_the_second_stage_reads_only_the_downloaded_packages_and_the_index_comes_back(tmp_path):
+    (tmp_path / "debootstrap").mkdir()
+    (tmp_path / "debootstrap/debpaths").write_text("a /var/cache/apt/archives/a.deb\nc /var/cache/apt/archives/c.deb\n")
+    lists = tmp_path / "var/lib/apt/lists"
+    lists.mkdir(parents=True)
+    index = lists / "mirror_dists_bookworm_main_binary-arm64_Packages"
+    full = b"".join(b"Package: %s\nVersion: 1\n\n" % name for name in (b"a", b"ab", b"b", b"c"))
+    index.write_bytes(full)
+    with rootfs._only_downloaded_packages(tmp_path):
+        assert index.read_bytes() == b"Package: a\nVersion: 1\n\nPackage: c\nVersion: 1\n\n"
+    assert index.read_bytes() == full and sorted(p.name for p in lists.iterdir()) == [index.name]

@@ -9,7 +9,8 @@ HEAVY = ("torch", "torchvision", "hydra", "omegaconf", "dvc", "onnx", "stages")
 
 def test_runtime_imports_nothing_heavy():
     code = (
-        "import sys, runtime, runtime.__main__, runtime.backends.onnxruntime\n"
+        "import sys, runtime, runtime.__main__, runtime.backends.onnxruntime, runtime.tracking, runtime.apps.track\n"
+        "import runtime.tasks.face_detection, runtime.tasks.headpose\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(','.join(bad))\n"
     )

@@ -1,10 +1,12 @@
 """An arm64 Debian 12 userland under qemu-user, with the runtime installed the way a Pi user
-installs it (`pip install .` of this project), cached outside the checkout.
+installs it (`pip install .` of this project, plus torch), cached outside the checkout.
 
-Recipe (../shared/FACTS.md): debootstrap --foreign, qemu-aarch64-static copied in, second stage
-under binfmt, then python3-venv from Debian and the runtime's wheels from PyPI. Debian 12's qemu
-7.2 shows the host's x86 /proc/cpuinfo, on which onnxruntime's cpuinfo library segfaults, so
-every run bind-mounts an ARM /proc/cpuinfo over it.
+Recipe (../shared/FACTS.md): debootstrap --foreign with python3-venv included (the host resolves
+and downloads the Debian packages; no emulated apt), qemu-aarch64-static copied in, second stage
+under binfmt. The aarch64 wheels are downloaded on the host, natively, into a wheelhouse
+(wheelhouse.py), and pip inside the arm64 userland installs the project from its own files out of
+that wheelhouse, offline. Debian 12's qemu 7.2 shows the host's x86 /proc/cpuinfo, on which
+onnxruntime's cpuinfo library segfaults, so every run bind-mounts an ARM /proc/cpuinfo over it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -21,17 +25,27 @@ from stages.core.layout import PROJECT_ROOT
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+# Installed by debootstrap itself (resolved and downloaded on the host): no emulated apt-get.
+# python3-venv brings ensurepip, so the venv has pip without python3-pip; pip inside installs offline
+# from the wheelhouse, so no ca-certificates (its configure step is slow under emulation).
+DEBIAN_PACKAGES = ("python3", "python3-venv")
+PYTHON = ("3.11", "3.11.2")  # Debian 12's python3: what the wheelhouse is resolved for
+GLIBC = (2, 36)  # Debian 12's: the manylinux tags its pip accepts
 TORCH = "torch==2.9.1"  # the .pt backend: a CPU-only aarch64 wheel (FACTS.md); base deps come from pyproject
 QEMU = "/usr/bin/qemu-aarch64-static"
-HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
-HOST_CA = "/opt/edgebuild/host-ca.crt"
 VENV = "/opt/edgebuild/venv"
+WHEELS = "/opt/edgebuild/wheels"  # the wheelhouse, bind-mounted read-only while pip installs
 # What the venv is built from: a change here or in the runtime's files reinstalls the project.
 RUNTIME_FILES = ("pyproject.toml", "runtime")
 FAKE_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
                        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
                        "CPU revision\t: 3\n\n" for i in range(4))
+# Run once in a new venv: the modules the worker imports, compiled to .pyc (and proven to import).
+WARM_IMPORTS = ("import numpy, PIL.Image, onnxruntime, torch, runtime, runtime.backends.onnxruntime, "
+                "runtime.backends.onpu, runtime.backends.torchscript")
+BOARD_MARKERS = {"platform_machine": "aarch64", "platform_system": "Linux", "sys_platform": "linux",
+                 "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                 "python_version": PYTHON[0], "python_full_version": PYTHON[1], "implementation_version": PYTHON[1]}
 
 
 def cache_dir() -> Path:
@@ -47,7 +61,7 @@ def why_not_here() -> Optional[str]:
         return (f"missing {', '.join(missing)}: `apt-get install qemu-user-static binfmt-support debootstrap` "
                 "(python3 -m stages.bootstrap installs them)")
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        with contextlib.suppress(subprocess.CalledProcessError, OSError):
+        with contextlib.suppress(subprocess.CalledProcessError, OSError, BuildError):
             if not Path("/proc/sys/fs/binfmt_misc/status").exists():
                 _run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
             _run(["update-binfmts", "--enable", "qemu-aarch64"])
@@ -70,42 +84,100 @@ def _digest(*parts: bytes) -> str:
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def _runtime_digest() -> str:
+def requirements() -> list[str]:
+    """What the board's `pip install . torch` needs: the runtime's dependencies and build backend
+    (pyproject.toml), and torch for the `.pt` backend."""
+    meta = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    return [*meta["build-system"]["requires"], *meta["project"]["dependencies"], TORCH]
+
+
+def platforms() -> list[str]:
+    """The wheel platform tags Debian 12's pip accepts on aarch64 (glibc 2.36 down to manylinux2014)."""
+    return [f"manylinux_{GLIBC[0]}_{minor}_aarch64" for minor in range(GLIBC[1], 16, -1)] + ["manylinux2014_aarch64"]
+
+
+def _runtime_digest(wheelhouse: Path) -> str:
     files = [p for name in RUNTIME_FILES for p in sorted((PROJECT_ROOT / name).rglob("*") if (PROJECT_ROOT / name).is_dir()
                                                            else [PROJECT_ROOT / name])
              if p.is_file() and "__pycache__" not in p.parts]
-    return _digest(TORCH.encode(), *(f.relative_to(PROJECT_ROOT).as_posix().encode() + f.read_bytes() for f in files))
+    return _digest(TORCH.encode(), wheelhouse.name.encode(),
+                   *(f.relative_to(PROJECT_ROOT).as_posix().encode() + f.read_bytes() for f in files))
 
 
-def ensure_rootfs() -> Path:
-    """The cached root filesystem (Debian + python3-venv); built once per recipe."""
+def ensure_rootfs() -> tuple[Path, bool]:
+    """The cached root filesystem (Debian + python3-venv), built once per recipe; and whether it was reused."""
     root = cache_dir() / f"rootfs-{_digest(SUITE.encode(), MIRROR.encode(), ' '.join(DEBIAN_PACKAGES).encode())}"
     if (root / ".complete").exists():
-        return root
+        return root, True
     shutil.rmtree(root, ignore_errors=True)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", SUITE, str(partial), MIRROR], timeout=900)
+    # First stage on the host: resolves, downloads and unpacks the base system and DEBIAN_PACKAGES.
+    _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+          SUITE, str(partial), MIRROR], timeout=900)
     shutil.copy(QEMU, partial / "usr/bin/qemu-aarch64-static")
-    _run(["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"], timeout=1200)
-    shutil.copy("/etc/resolv.conf", partial / "etc/resolv.conf")
-    with mounted(partial):
-        chroot(partial, ["apt-get", "update", "-qq"])
-        chroot(partial, ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES])
-        chroot(partial, ["apt-get", "clean"])
+    # The second stage runs under emulation: dpkg without an fsync per file, and debootstrap's shell
+    # and perl reading an index of only the packages it downloaded instead of the suite's 49 MB one
+    # (read several times over). Both are put back once the system is installed.
+    unsafe_io = partial / "etc/dpkg/dpkg.cfg.d/edgebuild-unsafe-io"
+    unsafe_io.write_text("force-unsafe-io\n")
+    with _only_downloaded_packages(partial):
+        _run(["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"], timeout=1200)
+    unsafe_io.unlink()
+    for deb in (partial / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
     partial.rename(root)
     (root / ".complete").write_text("ok\n")
-    return root
+    return root, False
 
 
-def ensure_venv(root: Path) -> str:
-    """The runtime's venv inside ``root``: `pip install .` of this project, plus torch for `.pt`."""
-    _copy_host_ca(root)
+@contextlib.contextmanager
+def _only_downloaded_packages(target: Path) -> Iterator[None]:
+    """The first stage's Packages index(es) in ``target`` cut to the packages it downloaded (its
+    /debootstrap/debpaths), for the block; the full index afterwards."""
+    wanted = {line.split()[0] for line in (target / "debootstrap/debpaths").read_text().splitlines() if line.strip()}
+    indexes = list((target / "var/lib/apt/lists").glob("*_Packages"))
+    for index in indexes:
+        full = index.read_bytes()
+        index.rename(index.with_name(index.name + ".full"))
+        kept = [stanza for stanza in full.split(b"\n\n")
+                if stanza.startswith(b"Package: ") and stanza[9:].split(b"\n", 1)[0].decode() in wanted]
+        index.write_bytes(b"\n\n".join(kept) + b"\n\n")
+    try:
+        yield
+    finally:
+        for index in indexes:
+            index.with_name(index.name + ".full").replace(index)
+
+
+def ensure_wheelhouse() -> tuple[Path, bool]:
+    """The aarch64 wheels for `requirements()`, downloaded on the host (natively: its network, its
+    pip config), once per requirement set; and whether it was reused."""
+    reqs = requirements()
+    house = cache_dir() / f"wheels-{_digest(*map(str.encode, reqs), *map(str.encode, platforms()), PYTHON[1].encode())}"
+    if (house / ".complete").exists():
+        return house, True
+    partial = house.with_name(house.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    args = ["--only-binary=:all:", "--python-version", PYTHON[0], "--implementation", "cp", "--abi", f"cp{PYTHON[0].replace('.', '')}",
+            "--abi", "abi3", "--abi", "none", *(f"--platform={tag}" for tag in platforms()),
+            "--disable-pip-version-check", "-q", "-d", str(partial), *reqs]
+    _run([sys.executable, str(Path(__file__).with_name("board_pip.py")), "download", *args], timeout=1800)
+    partial.rename(house)
+    (house / ".complete").write_text("\n".join(reqs) + "\n")
+    return house, False
+
+
+def ensure_venv(root: Path, wheelhouse: Path) -> tuple[str, bool]:
+    """The runtime's venv inside ``root``: `pip install .` of this project, plus torch for `.pt`,
+    from ``wheelhouse`` (offline); and whether it was reused."""
     stamp = root / "opt/edgebuild/.venv-digest"
-    digest = _runtime_digest()
+    digest = _runtime_digest(wheelhouse)
     if stamp.exists() and stamp.read_text().strip() == digest:
-        return VENV
+        return VENV, True
+    stamp.unlink(missing_ok=True)
     src = root / "opt/edgebuild/src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
@@ -117,24 +189,31 @@ def ensure_venv(root: Path) -> str:
             shutil.copy(source, src / name)
     (src / "stages").mkdir()  # pyproject packages `stages*` too; a board needs only the runtime
     (src / "README.md").write_text("edgebuild runtime\n")
-    with mounted(root):
+    wheels = root / WHEELS.lstrip("/")
+    wheels.mkdir(parents=True, exist_ok=True)
+    with mounted(root), _bind(wheelhouse, wheels, readonly=True):
         if not (root / VENV.lstrip("/") / "bin/python").exists():
             chroot(root, ["python3", "-m", "venv", VENV])
-        pip = [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        chroot(root, [*pip, "/opt/edgebuild/src"], timeout=1800)  # the README's `pip install .`
-        chroot(root, [*pip, TORCH], timeout=1800)  # PyPI's aarch64 wheel is the CPU build
+        # The README's `pip install .` (and torch), offline from the host-downloaded wheels. No .pyc
+        # for every file (under emulation, minutes for torch's tree): importing what the worker
+        # imports writes the .pyc it needs (and checks the install), once, here.
+        chroot(root, [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                      "--no-index", f"--find-links={WHEELS}", "--no-compile", "/opt/edgebuild/src", TORCH],
+               timeout=1800)
+        chroot(root, [f"{VENV}/bin/python", "-c", WARM_IMPORTS], timeout=900, cpu="cortex-a72")
     stamp.write_text(digest + "\n")
-    return VENV
+    return VENV, False
 
 
-def _copy_host_ca(root: Path) -> None:
-    """pip inside trusts what the host trusts (a site's TLS proxy CA included)."""
-    for bundle in HOST_CA_BUNDLES:
-        if Path(bundle).exists():
-            target = root / HOST_CA.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(bundle, target)
-            return
+@contextlib.contextmanager
+def _bind(source: Path, target: Path, readonly: bool = False) -> Iterator[None]:
+    _run(["mount", "--bind", str(source), str(target)])
+    try:
+        if readonly:
+            _run(["mount", "-o", "remount,bind,ro", str(target)])
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -161,7 +240,7 @@ def mounted(root: Path) -> Iterator[None]:
 def chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:
     """Run ``cmd`` in the arm64 userland with a clean environment (no host PIP_* settings)."""
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
-           "DEBIAN_FRONTEND=noninteractive", f"PIP_CERT={HOST_CA}", f"SSL_CERT_FILE={HOST_CA}"]
+           "DEBIAN_FRONTEND=noninteractive"]
     if cpu:
         env.append(f"QEMU_CPU={cpu}")
     return _run(["chroot", str(root), *env, *cmd], timeout=timeout)

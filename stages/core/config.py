@@ -19,7 +19,11 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class Task(str, enum.Enum):
-    classification = "classification"
+    """What a model's output means, and so how the gold check scores it (stages/core/tasks.py)."""
+
+    classification = "classification"  # class logits against hand labels
+    face_classification = "face_classification"  # an MTCNN stage net: [box regression..., p(not face), p(face)]
+    head_pose = "head_pose"  # WHENet-style yaw/pitch/roll bins, decoded to degrees (runtime/tasks/headpose.py)
 
 
 class Layout(str, enum.Enum):
@@ -54,6 +58,7 @@ class ImageItem:
     label: Optional[int] = None  # primary class index (gold sets)
     accept: List[int] = field(default_factory=list)  # other indices a careful human counts as correct
     why: str = ""  # what a person saw in the photo that justifies the label
+    box: Optional[List[int]] = None  # crop (x0, y0, x1, y1) in pixels: e.g. one face of a photo
 
 
 @dataclass
@@ -78,12 +83,40 @@ class IdxConfig:
 
 
 @dataclass
+class LabelRun:
+    label: int = MISSING
+    count: int = MISSING
+
+
+@dataclass
+class NpyConfig:
+    """Images in one .npy array (N x H x W, grey, 0..1 floats or uint8), labelled in consecutive runs."""
+
+    source: str = MISSING  # a registered folder (stages.core.datasets.SOURCES)
+    file: str = MISSING  # e.g. lfw_subset.npy
+    runs: List[LabelRun] = field(default_factory=list)  # e.g. 100 x label 1, then 100 x label 0
+    start: int = 0  # first record used
+    count: Optional[int] = None  # records used; None: to the end
+
+
+class Variant(str, enum.Enum):
+    """Deterministic transforms a gold set adds per item, for consistency checks (head pose)."""
+
+    mirror = "mirror"  # left-right flip of the crop
+    rotate_cw = "rotate_cw"  # the photo turned clockwise by `variant_degrees` about the crop's centre
+    rotate_ccw = "rotate_ccw"
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
     description: str = ""
     labels: Optional[str] = None  # class-name list the indices refer to (e.g. imagenet1k)
     items: List[ImageItem] = field(default_factory=list)  # photos, one by one ...
-    idx: Optional[IdxConfig] = None  # ... or a whole IDX file
+    idx: Optional[IdxConfig] = None  # ... and/or a whole IDX file
+    npy: Optional[NpyConfig] = None  # ... and/or one .npy array
+    variants: List[Variant] = field(default_factory=list)  # each item is also scored under these
+    variant_degrees: float = 15.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -120,6 +153,10 @@ class WeightsConfig:
 @dataclass
 class ExportConfig:
     opset: int = 17
+    # ONNX dims left free, by index, e.g. {2: height, 3: width} for a fully convolutional net that
+    # runs on every level of an image pyramid (MTCNN's P-Net); the rest stay as in input.shape.
+    dynamic_input: Dict[int, str] = field(default_factory=dict)
+    dynamic_output: Dict[int, str] = field(default_factory=dict)
     simplifier: str = "onnxsim"  # onnxsim | none
 
 
@@ -185,6 +222,7 @@ class ModelConfig:
     name: str = MISSING
     description: str = ""
     task: Task = Task.classification
+    task_params: Dict[str, Any] = field(default_factory=dict)  # the task's scoring knobs (e.g. a face threshold)
     module: Dict[str, Any] = MISSING  # {_target_: dotted.builder, **kwargs}
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     input: InputSpec = field(default_factory=InputSpec)
@@ -194,14 +232,16 @@ class ModelConfig:
     calibration: DatasetConfig = MISSING
     train: Optional[TrainConfig] = None
     surgery: Optional[SurgeryConfig] = None
+    budget: Optional[BudgetConfig] = None  # wins over the target's (a head-pose model has no top-1)
 
 
 # ---------------------------------------------------------------- target
 @dataclass
 class BudgetConfig:
-    metric: str = "top1"
+    metric: Optional[str] = "top1"  # a gold metric of the model's task; None: no drop check (no labels)
     max_drop: float = 1.0  # accuracy points (percent) the artifact may lose against float
-    min_agreement: Optional[float] = None  # fraction of gold inputs whose top-1 matches float
+    min_agreement: Optional[float] = None  # fraction of gold inputs whose decision matches float
+    max_error: Optional[float] = None  # the task's error against float, in its unit (head pose: MAE, degrees)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -55,6 +55,11 @@ def _imagenet1k() -> list[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
+@LABELS.register("face")
+def _face() -> list[str]:
+    return ["not a face", "face"]
+
+
 @LABELS.register("fashion_mnist")
 def _fashion_mnist() -> list[str]:
     return ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -96,21 +101,67 @@ def idx_records(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray | None]:
     return images[idx.start:stop], (labels[idx.start:stop] if labels is not None else None)
 
 
+def npy_records(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(images N x H x W uint8, labels N) of a .npy dataset; labels from its consecutive runs."""
+    npy = dataset.npy
+    assert npy is not None
+    array = np.load(locate(npy.source, npy.file, ".npy file"), allow_pickle=False)
+    if array.dtype != np.uint8:  # 0..1 floats (skimage's lfw_subset)
+        array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    labels = np.concatenate([np.full(run.count, run.label, np.int64) for run in npy.runs]) if npy.runs else None
+    if labels is None or len(labels) != len(array):
+        raise BuildError(f"dataset {dataset.name!r}: npy.runs label {0 if labels is None else len(labels)} of "
+                         f"{len(array)} images in {npy.file}", hint="make the runs' counts add up to the array's length")
+    stop = None if npy.count is None else npy.start + npy.count
+    return array[npy.start:stop], labels[npy.start:stop]
+
+
+def item_image(item: ImageItem) -> Image.Image:
+    """The item's photo, cut to its box when it has one."""
+    image = load_image(resolve(item))
+    return image.crop(tuple(item.box)) if item.box else image
+
+
+def variant_image(photo: Image.Image, box: Sequence[int] | None, variant: str, degrees: float) -> Image.Image:
+    """A deterministic transform of a crop: mirrored, or the photo turned about the crop's centre
+    (so the turned crop has no empty corners when the photo extends beyond the box)."""
+    x0, y0, x1, y1 = box or (0, 0, *photo.size)
+    if variant == "mirror":
+        return photo.crop((x0, y0, x1, y1)).transpose(Image.FLIP_LEFT_RIGHT)
+    angle = degrees if variant == "rotate_ccw" else -degrees  # PIL turns counter-clockwise for positive angles
+    turned = photo.rotate(angle, resample=Image.BILINEAR, center=((x0 + x1) / 2, (y0 + y1) / 2))
+    return turned.crop((x0, y0, x1, y1))
+
+
 def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]]]:
-    """(id, image, accepted labels) for every labelled item of a gold set (photos or an IDX file)."""
+    """(id, image, accepted labels) for every labelled item of a gold set: its IDX records, its .npy
+    records and its photos, in that order. A set with ``variants`` also yields each .npy record and
+    photo under each of them, with id ``<id>|<variant>``."""
+    samples: list[tuple[str, Image.Image, set[int]]] = []
+
+    def add(ident: str, photo: Image.Image, box: Sequence[int] | None, accepted: set[int]) -> None:
+        samples.append((ident, photo.crop(tuple(box)) if box else photo, accepted))
+        for variant in dataset.variants:
+            samples.append((f"{ident}|{variant.value}", variant_image(photo, box, variant.value,
+                                                                     dataset.variant_degrees), accepted))
+
     if dataset.idx is not None:
         images, labels = idx_records(dataset)
         if labels is None:
             raise BuildError(f"gold set {dataset.name!r} has no labels file", hint="set dataset idx.labels")
         first = dataset.idx.start
-        return [(f"{dataset.idx.images}#{first + i}", Image.fromarray(img), {int(lab)})
-                for i, (img, lab) in enumerate(zip(images, labels))]
-    samples = []
+        samples += [(f"{dataset.idx.images}#{first + i}", Image.fromarray(img), {int(lab)})
+                    for i, (img, lab) in enumerate(zip(images, labels))]
+    if dataset.npy is not None:
+        images, labels = npy_records(dataset)
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            add(f"{dataset.npy.file}#{dataset.npy.start + i}", Image.fromarray(img).convert("RGB"), None, {int(lab)})
     for item in dataset.items:
         if item.label is None:
             raise BuildError(f"gold set {dataset.name!r} item {item.file!r} has no label",
                              hint="give every gold item a `label` (class index)")
-        samples.append((item.file, load_image(resolve(item)), {item.label, *item.accept}))
+        ident = item.file + (f"@{','.join(map(str, item.box))}" if item.box else "")
+        add(ident, load_image(resolve(item)), item.box, {item.label, *item.accept})
     return samples
 
 
@@ -133,14 +184,14 @@ def calibration_tensors(dataset: DatasetConfig, pre: Preprocess) -> np.ndarray:
 
     Deterministic for a given seed, so the calibration set (and the quantized model) reproduce.
     """
-    if dataset.idx is not None:  # a slice of a large set: no augmentation needed
-        images, _ = idx_records(dataset)
+    if dataset.idx is not None or dataset.npy is not None:  # a slice of a large set: no augmentation needed
+        images, _ = idx_records(dataset) if dataset.idx is not None else npy_records(dataset)
         return np.concatenate([pre(Image.fromarray(img)) for img in track(images, f"calibration set {dataset.name}")])
     aug = dataset.augment
     rng = np.random.default_rng(aug.seed)
     tensors = []
     for item in track(dataset.items, f"calibration set {dataset.name}"):
-        image = load_image(resolve(item))
+        image = item_image(item)
         tensors.append(pre(image))
         for _ in range(aug.samples - 1):
             w, h = image.size

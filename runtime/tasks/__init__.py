@@ -1,0 +1,1 @@
+"""Task-specific decoding of raw model outputs (numpy only, like the rest of the runtime)."""
