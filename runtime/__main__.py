@@ -1,4 +1,4 @@
-"""python -m runtime ARTIFACT IMAGE: top-5 classes and latency."""
+"""python -m runtime ARTIFACT IMAGE: the model's answer (top-5 classes; yaw/pitch/roll for head pose) and latency."""
 from __future__ import annotations
 
 import argparse
@@ -36,12 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         logits = session.run(x)
         times.append(time.perf_counter() - start)
-    probs = softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
-    labels = session.labels or tuple(str(i) for i in range(probs.size))
     print(f"{session.manifest.model} on {session.manifest.target} ({session.manifest.quant}), "
           f"backend {session.backend.name}")
-    for i in np.argsort(probs)[::-1][:5]:
-        print(f"  {probs[i]:6.3f}  {i:4d}  {labels[i]}")
+    if session.manifest.task == "head_pose":  # the image is a face crop
+        from .tasks.headpose import decode
+
+        yaw, pitch, roll = decode(np.asarray(logits).reshape(1, -1))[0]
+        print(f"  yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}  (degrees)")
+    else:
+        probs = softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
+        labels = session.labels or tuple(str(i) for i in range(probs.size))
+        for i in np.argsort(probs)[::-1][:5]:
+            print(f"  {probs[i]:6.3f}  {i:4d}  {labels[i]}")
     print(f"latency: median {1e3 * float(np.median(times)):.2f} ms over {args.runs} runs")
     return 0
 

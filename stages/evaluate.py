@@ -19,7 +19,7 @@ from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import Layout
 from stages.core.log import console, track
-from stages.core.tasks import scoring
+from stages.core.tasks import params_of, scoring
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
@@ -59,8 +59,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     samples = gold_images(cfg.model.gold)
     accepted = [acc for _, _, acc in samples]
     ids = [ident for ident, _, _ in samples]
-    task, task_params = scoring(cfg.model.task), {**dict(cfg.model.task_params),
-                                                  "variant_degrees": cfg.model.gold.variant_degrees}
+    task, task_params = scoring(cfg.model.task), params_of(cfg.model)
     # The float model gets the model's preprocessing; the artifact gets what its manifest tells a
     # board to feed (for RKNN: uint8 NHWC pixels, normalized on the NPU).
     to_float, to_board = preprocess_for(cfg.model.input), Manifest.read(layout.manifest).preprocessor()
@@ -142,13 +141,13 @@ def print_table(m: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{m['model']} / {m['target']} / {m['quant']}  on {m['dataset']} (n={m['n']})")
-    shown = [k for k in m["float"] if isinstance(m["float"][k], float)][:4]
+    shown = [k for k in m["headline"] if k in m["float"]]
     for col in ("", *shown, "latency ms"):
         table.add_column(col, justify="right")
     eager_ms, artifact_ms = m["latency_ms"]["torch_eager_fp32"], m["latency_ms"]["artifact"]
     for name, key, ms in (("float (torch eager)", "float", eager_ms), ("float ONNX, rewritten", "rewritten", None),
                           ("artifact", "artifact", artifact_ms)):
-        table.add_row(name, *(f"{m[key][k]:.2f}" for k in shown), f"{ms:.2f}" if ms else ("" if key == "rewritten" else "n/a"))
+        table.add_row(name, *(f"{m[key][k]:.2f}" if isinstance(m[key][k], float) else str(m[key][k]) for k in shown), f"{ms:.2f}" if ms else ("" if key == "rewritten" else "n/a"))
     console.print(table)
     status = "[green]PASS[/]" if m["passed"] else "[red]FAIL[/]"
     error = m["fidelity"].get("error")

@@ -172,7 +172,7 @@ def check(name: str, entry: dict, plan: dict) -> dict:
     if missing:
         raise BuildError(f"detector {name}: missing {', '.join(missing)}", hint="run `dvc repro` first")
     artifact_det = FaceDetector.from_artifacts(*paths)
-    float_det = FaceDetector(*(float_net(entry[net], Layout.of("artifacts", entry[net], "_").weights) for net in NETS))
+    float_det = FaceDetector(*(float_net(entry[net], Layout.of("artifacts", entry[net], "_", "_").weights) for net in NETS))
     headpose = (artifact_path(plan, entry["headpose"], target, entry.get("headpose_quant", quant))
                 if entry.get("headpose") else None)
     console.rule(f"[bold]faces: {name}[/]")

@@ -34,6 +34,11 @@ def scoring(task: Any) -> TaskScoring:
     return TASKS.get(getattr(task, "value", task))
 
 
+def params_of(model: Any) -> dict:
+    """A model's task knobs, plus what its gold set says about its variants."""
+    return {**dict(model.task_params), "variant_degrees": model.gold.variant_degrees}
+
+
 # ----------------------------------------------------------------- classification
 TASKS.register("classification")(TaskScoring(
     score=lambda out, accepted, ids, params: classification_report(out, accepted),
@@ -66,7 +71,8 @@ def _face_compare(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params:
     return same
 
 
-TASKS.register("face_classification")(TaskScoring(_face_score, _face_compare, headline=("top1", "recall")))
+TASKS.register("face_classification")(TaskScoring(_face_score, _face_compare,
+                                                  headline=("top1", "recall", "false_positives")))
 
 
 # ----------------------------------------------------------------- head pose (WHENet bins)
@@ -126,4 +132,5 @@ def _pose_compare(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params:
             "cosine_mean": same["cosine_mean"], "cosine_min": same["cosine_min"], "max_abs_diff": same["max_abs_diff"]}
 
 
-TASKS.register("head_pose")(TaskScoring(_pose_score, _pose_compare, headline=("mirror_yaw_mae", "rotation_roll_gain")))
+TASKS.register("head_pose")(TaskScoring(_pose_score, _pose_compare,
+                                        headline=("mirror_yaw_mae", "mirror_roll_mae", "rotation_roll_gain")))

@@ -20,7 +20,7 @@ from stages.core.onnxgraph import run_all, session
 from stages.core.config import BudgetConfig
 from stages.core.datasets import gold_images, preprocess_for
 from stages.core.log import console, track
-from stages.core.tasks import TaskScoring, scoring
+from stages.core.tasks import TaskScoring, params_of, scoring
 
 from . import Scheme
 
@@ -38,12 +38,12 @@ class Judge:
 
     inputs: list[np.ndarray]
     accepted: list[set[int]]
-    ids: list[str]
     reference: np.ndarray
     budget: BudgetConfig
     input_name: str
-    task: TaskScoring
-    task_params: dict
+    task: TaskScoring = field(default_factory=lambda: scoring("classification"))
+    task_params: dict = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)  # the gold inputs' names (tasks that pair variants read them)
     float_metrics: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,9 +77,9 @@ def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001
     pre = preprocess_for(cfg.model.input)
     inputs = [pre(image) for _, image, _ in track(samples, "budget check: gold set")]
     reference = run_all(layout.rewritten, inputs, cfg.model.input.name)
-    return Judge(inputs, [acc for _, _, acc in samples], [ident for ident, _, _ in samples], reference,
-                 effective_budget(cfg), cfg.model.input.name, scoring(cfg.model.task),
-                 {**dict(cfg.model.task_params), "variant_degrees": cfg.model.gold.variant_degrees})
+    return Judge(inputs, [acc for _, _, acc in samples], reference, effective_budget(cfg), cfg.model.input.name,
+                 task=scoring(cfg.model.task), ids=[ident for ident, _, _ in samples],
+                 task_params=params_of(cfg.model))
 
 
 def output_error(path: Path, inputs: np.ndarray, reference: np.ndarray, input_name: str) -> float:
