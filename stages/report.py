@@ -221,7 +221,8 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
     if not arm64.get("ran"):
         return f"Not checked on arm64 here: {arm64.get('reason', 'no reason recorded')}.", []
     rows = [[r["build"], r["cpu"] + (" (its board)" if r["board_cpu"] else ""), str(r["n"]),
-             f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.3f}", f"{r['top1_x86']:.1f} → {r['top1_arm64']:.1f}",
+             f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.3f}",
+             NA if r["top1_x86"] is None else f"{r['top1_x86']:.1f} → {r['top1_arm64']:.1f}",
              r["backend_arm64"], f"{r['emulated_ms_per_input']:.1f}"] for r in arm64["results"]]
     return (f"Each Pi artifact run on gold inputs in {arm64['userland']}, under {arm64['emulator']}, against the "
             f"same artifact on this x86 host. {arm64['note']}.", rows)
