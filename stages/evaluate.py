@@ -23,7 +23,7 @@ from stages.core.tasks import params_of, scoring
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
-from stages.quantizers.repair import effective_budget
+from stages.quantizers.repair import budget_failures, effective_budget
 
 
 PER_IMAGE_ALL = 100  # larger gold sets list only the inputs where float and artifact disagree
@@ -86,7 +86,8 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     artifact_metrics = task.score(candidate, accepted, ids, task_params)
     agree = task.compare(reference, candidate, ids, task_params)
     budget = effective_budget(cfg)
-    drop, failures = budget_failures(budget, float_metrics, artifact_metrics, agree)
+    drop = float_metrics[budget.metric] - artifact_metrics[budget.metric] if budget.metric else 0.0
+    failures = budget_failures(budget, drop, agree["agreement"], agree.get("error", 0.0))
     metrics = {
         "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name, "format": cfg.target.format,
         "dataset": cfg.model.gold.name, "n": len(samples),
@@ -122,19 +123,6 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         raise BuildError(f"{cfg.model.name} on {cfg.target.name} misses its accuracy budget: {'; '.join(failures)}",
                          hint=f"see {layout.metrics}; try another quant scheme or relax target.budget")
     return metrics
-
-
-def budget_failures(budget, float_metrics: dict, artifact_metrics: dict, agree: dict) -> tuple[float, list[str]]:  # noqa: ANN001
-    """(drop of the budget's metric, every way the artifact misses the budget)."""
-    failures = []
-    drop = float_metrics[budget.metric] - artifact_metrics[budget.metric] if budget.metric else 0.0
-    if budget.metric and drop > budget.max_drop:
-        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
-    if budget.min_agreement is not None and agree["agreement"] < budget.min_agreement:
-        failures.append(f"agreement {agree['agreement']:.3f} < min_agreement {budget.min_agreement}")
-    if budget.max_error is not None and agree.get("error", 0.0) > budget.max_error:
-        failures.append(f"error vs float {agree['error']:.3f} > max_error {budget.max_error}")
-    return drop, failures
 
 
 def print_table(m: dict) -> None:

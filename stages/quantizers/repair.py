@@ -32,6 +32,18 @@ def effective_budget(cfg) -> BudgetConfig:  # noqa: ANN001
     return cfg.quant.budget or cfg.model.budget or cfg.target.budget
 
 
+def budget_failures(budget: BudgetConfig, drop: float, agreement: float, error: float = 0.0) -> list[str]:
+    """Every way a graph misses the budget (empty: it holds). ``drop`` counts only with a metric."""
+    failures = []
+    if budget.metric and drop > budget.max_drop:
+        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
+    if budget.min_agreement is not None and agreement < budget.min_agreement:
+        failures.append(f"agreement {agreement:.3f} < min_agreement {budget.min_agreement}")
+    if budget.max_error is not None and error > budget.max_error:
+        failures.append(f"error vs float {error:.3f} > max_error {budget.max_error}")
+    return failures
+
+
 @dataclass
 class Judge:
     """Scores a candidate graph against the float graph on the gold set, under the budget."""
@@ -50,9 +62,7 @@ class Judge:
         self.float_metrics = self.task.score(self.reference, self.accepted, self.ids, self.task_params)
 
     def holds(self, drop: float, agreement: float, error: float = 0.0) -> bool:
-        b = self.budget
-        return bool((b.metric is None or drop <= b.max_drop) and (b.min_agreement is None or agreement >= b.min_agreement)
-                    and (b.max_error is None or error <= b.max_error))
+        return not budget_failures(self.budget, drop, agreement, error)
 
     @property
     def attainable(self) -> bool:
