@@ -125,12 +125,17 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     return metrics
 
 
+COLUMN_NAMES = {"top1": "top-1 %", "top5": "top-5 %", "recall": "recall %", "false_positives": "false positives",
+                "mirror_yaw_mae": "mirror yaw err °", "mirror_roll_mae": "mirror roll err °",
+                "rotation_roll_gain": "roll per ° turned"}
+
+
 def print_table(m: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{m['model']} / {m['target']} / {m['quant']}  on {m['dataset']} (n={m['n']})")
     shown = [k for k in m["headline"] if k in m["float"]]
-    for col in ("", *shown, "latency ms"):
+    for col in ("", *(COLUMN_NAMES.get(k, k) for k in shown), "latency ms"):
         table.add_column(col, justify="right")
     eager_ms, artifact_ms = m["latency_ms"]["torch_eager_fp32"], m["latency_ms"]["artifact"]
     for name, key, ms in (("float (torch eager)", "float", eager_ms), ("float ONNX, rewritten", "rewritten", None),
