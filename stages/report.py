@@ -114,7 +114,8 @@ def build_row(root: Path, model: str, target: str, quant: str) -> dict:
         "dataset": metrics.get("dataset"), "n": metrics.get("n"),
         "float_top1": (metrics.get("float") or {}).get("top1"),
         "top1": (metrics.get("artifact") or {}).get("top1"),
-        "drop": budget.get("drop"), "max_drop": budget.get("max_drop"),
+        "drop": budget.get("drop") if budget.get("metric", "top1") else None,  # no metric (head pose): no drop
+        "max_drop": budget.get("max_drop"),
         "agreement": (metrics.get("fidelity") or {}).get("agreement"),
         "min_agreement": budget.get("min_agreement"),
         "cosine_mean": (metrics.get("fidelity") or {}).get("cosine_mean"),
