@@ -44,7 +44,7 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
                                                                   for c in ("cortex-a72", "cortex-a76")}
     for r in record["results"]:
         assert r["machine"] == "aarch64", r
-        assert r["top1_agreement"] >= 0.98 and r["n"] >= 8, r
+        assert r["top1_agreement"] >= 0.98 and r["n"] >= verify.MIN_INPUTS, r
         assert r["top1_x86"] is None or abs(r["top1_arm64"] - r["top1_x86"]) <= 1.0, r
     torch_rows = [r for r in record["results"] if r["quant"] == "torch_int8"]
     assert all(r["backend_arm64"] == "torchscript:qnnpack" for r in torch_rows)  # the Pi 4 tutorial's engine

@@ -31,7 +31,8 @@ from . import rootfs
 
 OUT = PROJECT_ROOT / "artifacts" / "arm64.json"
 MAX_INPUTS = 100  # per artifact, at most ...
-ARTIFACT_BUDGET_S = 6.0  # ... and no more emulated seconds than this once 8 inputs ran (WHENet: ~5 s an input)
+ARTIFACT_BUDGET_S = 6.0  # ... and no more emulated seconds than this once MIN_INPUTS ran ...
+MIN_INPUTS = 4  # ... (WHENet: about 4 s an input under qemu; MobileNetV2 0.5 s, so its 9 photos all run)
 WORKER = Path(__file__).with_name("worker.py")
 
 
@@ -128,7 +129,8 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
         prepared.append((build, folder / build["artifact"], batch, accepted))
     for cpu in cpus:
         jobs = [{"artifact": f"{inside}/{b['build']}/{b['artifact']}", "inputs": f"{inside}/{b['build']}/inputs.npy",
-                 "outputs": f"{inside}/{b['build']}/{cpu}.npy", "budget_s": ARTIFACT_BUDGET_S} for b, _, _, _ in prepared]
+                 "outputs": f"{inside}/{b['build']}/{cpu}.npy", "budget_s": ARTIFACT_BUDGET_S,
+                 "min_inputs": MIN_INPUTS} for b, _, _, _ in prepared]
         (work / f"jobs-{cpu}.json").write_text(json.dumps(jobs))
     console.print(f"arm64: {len(prepared)} artifacts on {', '.join(cpus)}, in parallel (emulated)")
 

@@ -24,7 +24,7 @@ from runtime import load
 def run(job: dict) -> dict:
     batch = np.load(job["inputs"])
     session = load(job["artifact"], threads=1)
-    budget_s, least = float(job.get("budget_s", float("inf"))), int(job.get("min_inputs", 8))
+    budget_s, least = float(job.get("budget_s", float("inf"))), int(job.get("min_inputs", 1))
     start = time.perf_counter()
     results = []
     for x in batch:
