@@ -65,10 +65,9 @@ def float_net(model: str, weights: Path | None = None) -> Callable[[np.ndarray],
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter + 1e-9))
+    from runtime.tracking import iou_matrix
+
+    return float(iou_matrix(a, b)[0, 0])
 
 
 def inside(box: np.ndarray, region: list[float]) -> bool:
