@@ -6,10 +6,10 @@
 
 Depends on numpy, Pillow and the backend's own library only; never torch, hydra or dvc.
 """
-from .errors import BackendUnavailable, InputSpecError, RuntimeLoadError
+from .errors import BackendUnavailable, BackendVersionWarning, InputSpecError, RuntimeLoadError
 from .manifest import Manifest, TensorSpec
 from .preprocess import Preprocess, load_image
 from .session import Session, load
 
 __all__ = ["load", "Session", "Manifest", "TensorSpec", "Preprocess", "load_image",
-           "RuntimeLoadError", "InputSpecError", "BackendUnavailable"]
+           "RuntimeLoadError", "InputSpecError", "BackendUnavailable", "BackendVersionWarning"]

@@ -11,3 +11,7 @@ class InputSpecError(ValueError):
 
 class BackendUnavailable(RuntimeLoadError):
     """The artifact's backend library is not installed on this machine."""
+
+
+class BackendVersionWarning(UserWarning):
+    """The backend library loaded here is not the version the build verified the artifact with."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RuntimeLoadError
+from .errors import BackendVersionWarning, RuntimeLoadError
 
 if TYPE_CHECKING:
     from .preprocess import Preprocess
@@ -55,6 +56,21 @@ class Manifest:
         this machine's cores (oversubscribing a 2-core host made ORT several times slower)."""
         wanted = requested or int(self.runtime.get("threads") or 0) or os.cpu_count() or 1
         return max(1, min(wanted, os.cpu_count() or wanted))
+
+    def toolchain_version(self, package: str) -> str | None:
+        """The version of ``package`` the build used (and evaluated the artifact with), if recorded."""
+        version = (self.raw.get("toolchain") or {}).get(package)
+        return version if isinstance(version, str) and version[:1].isdigit() else None
+
+    def check_backend_version(self, package: str, loaded: str) -> None:
+        """Warn, naming both versions, when the backend loaded here is not the one the build verified with:
+        INT8 kernels differ between releases, so the build's accuracy numbers may not hold."""
+        built = self.toolchain_version(package)
+        if built and built != loaded:
+            warnings.warn(BackendVersionWarning(
+                f"{self.artifact}: built and verified with {package} {built}, running on {package} {loaded}; "
+                f"install the verified version (pip install {package}=={built}) to run what was verified"),
+                stacklevel=3)
 
     def preprocessor(self, input_index: int = 0) -> "Preprocess":
         """The input's preprocessing as the build recorded it."""

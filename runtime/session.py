@@ -80,8 +80,15 @@ def check_input(spec: TensorSpec, value: Any) -> None:
         raise InputSpecError(f"input {spec.name!r} has shape {list(value.shape)}, expected {spec.describe()}")
 
 
-def load(path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> Session:
-    """Open an artifact next to its manifest.json, verify its sha256, and start its backend."""
+REFERENCE_FORMATS = ("onnx", "onpu")  # formats whose graph has reference semantics apart from its kernels
+
+
+def load(path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+         reference: bool = False) -> Session:
+    """Open an artifact next to its manifest.json, verify its sha256, and start its backend.
+
+    ``reference=True`` (QDQ ONNX formats only) runs the graph with optimizations off: quantize and
+    dequantize as written, no fused INT8 kernels, so the result does not depend on this CPU's ISA."""
     path = Path(path)
     manifest = Manifest.read(path.parent / MANIFEST_NAME)
     if manifest.artifact != path.name:
@@ -91,6 +98,10 @@ def load(path: str | Path, providers: list[str] | None = None, threads: int | No
     if target is None:
         raise RuntimeLoadError(f"no runtime backend for format {manifest.format!r} ({path}); "
                                f"this runtime knows: {', '.join(sorted(BACKENDS))}")
+    if reference and manifest.format not in REFERENCE_FORMATS:
+        raise RuntimeLoadError(f"{path}: reference semantics are defined for {', '.join(REFERENCE_FORMATS)} "
+                               f"artifacts; a {manifest.format!r} artifact runs only as its backend computes it")
     module_name, _, func = target.partition(":")
     opener = getattr(importlib.import_module(module_name), func)
-    return Session(path, manifest, opener(path, manifest, providers=providers, threads=threads))
+    options = {"reference": True} if reference else {}
+    return Session(path, manifest, opener(path, manifest, providers=providers, threads=threads, **options))

@@ -39,13 +39,29 @@ def per_image(samples: list, reference: np.ndarray, candidate: np.ndarray) -> li
     return [r for r in rows if r["float_top1"] != r["artifact_top1"]][:PER_IMAGE_ALL]
 
 
-def runtime_gold(cfg: Config, layout: Layout, inputs: list[np.ndarray], threads: int) -> GoldRun:
+def runtime_gold(cfg: Config, layout: Layout, inputs: list[np.ndarray], threads: int,
+                 reference: bool = False) -> GoldRun:
     """Run the artifact through the board's runtime (runtime.load), here on this machine."""
     from runtime import load
 
-    session = load(layout.artifact, threads=threads)
-    outputs = np.concatenate([np.asarray(session.run(x)) for x in track(inputs, "artifact on the gold set")])
+    session = load(layout.artifact, threads=threads, reference=reference)
+    what = "artifact on the gold set" + (" (reference semantics)" if reference else "")
+    outputs = np.concatenate([np.asarray(session.run(x)) for x in track(inputs, what)])
     return GoldRun(outputs, session.backend.name, lambda: session.run(inputs[0]))
+
+
+def verdict_run(cfg: Config, layout: Layout, inputs: list[np.ndarray], threads: int,
+                host: GoldRun) -> tuple[GoldRun, str]:
+    """The outputs the budget is judged on, and what they are. A QDQ ONNX artifact is judged by its
+    graph's reference semantics (quantize/dequantize as written, no fused kernels): that is what an
+    integer device computes, whatever this host's ISA, where this host's fused u8 x s8 kernels are
+    not (x86 without VNNI saturates 16-bit sums). Other formats are judged as their backend ran them
+    (RKNN: the toolkit's simulator; TorchScript: qnnpack, the board's engine)."""
+    from runtime.session import REFERENCE_FORMATS
+
+    if cfg.target.format in REFERENCE_FORMATS and SCHEMES.get(cfg.quant.scheme).qdq:
+        return runtime_gold(cfg, layout, inputs, threads, reference=True), "reference semantics of the QDQ graph"
+    return host, host.backend
 
 
 def evaluate(cfg: Config, layout: Layout) -> dict:
@@ -71,7 +87,8 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         reference = np.concatenate([module(torch.from_numpy(x)).numpy()
                                     for x in track(batches, "float model on the gold set")])
     gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
-    candidate = gold.outputs
+    judged, judged_by = verdict_run(cfg, layout, inputs, threads, gold)
+    candidate = judged.outputs
 
     latency: dict = {"artifact": None, "torch_eager_fp32": None}
     if gold.timed_call is not None:  # a simulator has no latency worth pairing with PyTorch's
@@ -88,6 +105,12 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     budget = effective_budget(cfg)
     drop = float_metrics[budget.metric] - artifact_metrics[budget.metric] if budget.metric else 0.0
     failures = budget_failures(budget, drop, agree["agreement"], agree.get("error", 0.0))
+    from stages.core.hostinfo import int8_arithmetic
+
+    build_host = {"int8_arithmetic": int8_arithmetic(), "backend": gold.backend}
+    if judged is not gold:  # this host's fused kernels: recorded, labelled as the build host, never the verdict
+        build_host.update(artifact=task.score(gold.outputs, accepted, ids, task_params),
+                          fidelity=task.compare(reference, gold.outputs, ids, task_params))
     metrics = {
         "model": cfg.model.name, "target": cfg.target.name, "quant": cfg.quant.name, "format": cfg.target.format,
         "dataset": cfg.model.gold.name, "n": len(samples),
@@ -100,6 +123,8 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
                    "max_error": budget.max_error, "drop": drop},
         "passed": not failures,
         "failures": failures,
+        "verdict_from": judged_by,
+        "build_host": build_host,
         "latency_ms": {**latency, "threads": threads, "backend": gold.backend, "runs": cfg.target.benchmark.runs,
                        "note": gold.note},
         "speedup": latency["torch_eager_fp32"] / latency["artifact"] if latency["artifact"] else None,

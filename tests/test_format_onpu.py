@@ -87,7 +87,8 @@ def test_container_is_byte_reproducible(tmp_path):
 
 def test_runtime_falls_back_to_cpu_and_says_so(tmp_path):
     out = build_onpu(tmp_path)
-    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu"})
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu"},
+                               check_backend_version=lambda package, loaded: None)
     backend = open_onpu(out, manifest)
     assert "FakeNpuExecutionProvider not registered" in backend.name and "whole graph on CPU" in backend.name
     assert backend.run({"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 5)
@@ -119,6 +120,7 @@ def test_only_the_npu_partition_is_operator_checked(tmp_path):
 
 def test_a_container_with_another_builds_manifest_is_rejected(tmp_path):
     out = build_onpu(tmp_path)
-    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "other", "format": "onpu"})
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "other", "format": "onpu"},
+                               check_backend_version=lambda package, loaded: None)
     with pytest.raises(RuntimeLoadError, match="model"):
         open_onpu(out, manifest)

@@ -42,6 +42,12 @@ def test_artifact_folder_is_exactly_the_contract(built):
     assert {"float", "artifact", "diff", "budget", "latency_ms", "speedup", "size_bytes"} <= set(metrics)
     # INT8 must really be INT8: QDQ nodes present, and a real accuracy was measured.
     assert metrics["artifact"]["top1"] >= 70.0 and metrics["fidelity"]["agreement"] >= 0.85
+    # The verdict reads the QDQ graph's reference semantics, never this host's fused kernels, which are
+    # recorded apart with the host's ISA (x86 with or without VNNI would otherwise judge differently).
+    assert metrics["verdict_from"] == "reference semantics of the QDQ graph"
+    host = metrics["build_host"]
+    assert host["int8_arithmetic"]["machine"] and "onnxruntime" in host["int8_arithmetic"]
+    assert {"artifact", "fidelity", "backend"} <= set(host) and "reference" not in host["backend"]
 
 
 def test_runtime_runs_the_artifact_like_the_build_did(built):

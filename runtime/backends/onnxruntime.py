@@ -19,20 +19,37 @@ class OrtBackend:
         return self._session.run(None, dict(feeds))  # type: ignore[attr-defined]
 
 
-def open_onnx(path: Path, manifest: Manifest, providers: list[str] | None = None,
-              threads: int | None = None) -> OrtBackend:
+def session_options(ort: object, manifest: Manifest, threads: int | None, reference: bool) -> object:
+    """Session options shared by .onnx and .onpu. ``reference``: graph optimizations off, so QDQ pairs run
+    as written (dequantize, float op, quantize), the graph's reference semantics, free of the fused INT8
+    kernels of this CPU (on x86 without VNNI those saturate 16-bit sums; ORT's quantization docs)."""
+    options = ort.SessionOptions()  # type: ignore[attr-defined]
+    level = ort.GraphOptimizationLevel  # type: ignore[attr-defined]
+    options.graph_optimization_level = level.ORT_DISABLE_ALL if reference else level.ORT_ENABLE_ALL
+    options.intra_op_num_threads = manifest.threads(threads)
+    return options
+
+
+def import_ort(manifest: Manifest) -> object:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime"
+                                 + (f"=={manifest.toolchain_version('onnxruntime')}"
+                                    if manifest.toolchain_version("onnxruntime") else "")) from None
+    manifest.check_backend_version("onnxruntime", ort.__version__)
+    return ort
+
+
+def open_onnx(path: Path, manifest: Manifest, providers: list[str] | None = None,
+              threads: int | None = None, reference: bool = False) -> OrtBackend:
+    ort = import_ort(manifest)
     wanted = providers or manifest.runtime.get("providers") or ["CPUExecutionProvider"]
-    available = set(ort.get_available_providers())
+    available = set(ort.get_available_providers())  # type: ignore[attr-defined]
     chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = manifest.threads(threads)
+    options = session_options(ort, manifest, threads, reference)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         raise RuntimeLoadError(f"onnxruntime could not open {path}: {exc}") from None
-    return OrtBackend(session, session.get_providers()[0])
+    return OrtBackend(session, session.get_providers()[0] + (" (reference semantics)" if reference else ""))

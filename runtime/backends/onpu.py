@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BackendUnavailable, RuntimeLoadError
+from ..errors import RuntimeLoadError
 from ..manifest import Manifest
 
 
@@ -50,23 +50,21 @@ class OnpuBackend:
 
 
 def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None,
-              threads: int | None = None) -> OnpuBackend:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+              threads: int | None = None, reference: bool = False) -> OnpuBackend:
+    from .onnxruntime import import_ort, session_options
+
+    ort = import_ort(manifest)
     header, members = read_container(path)
     inner = json.loads(members.get("manifest.json", b"{}"))
     mismatched = [k for k, v in inner.items() if k in manifest.raw and manifest.raw[k] != v]
     if mismatched:
         raise RuntimeLoadError(f"{path}: the manifest inside the container disagrees with the one beside it "
                                f"on {mismatched}; copy the artifact and its manifest.json from the same build")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = manifest.threads(threads)
+    options = session_options(ort, manifest, threads, reference)
     npu_ep = header["execution_provider"]
     available = ort.get_available_providers()
     plan = header["partition"]
-    if npu_ep in available and (providers is None or npu_ep in providers):
+    if npu_ep in available and (providers is None or npu_ep in providers) and not reference:
         stages = [(ort.InferenceSession(members["npu.onnx"], options, providers=[npu_ep, "CPUExecutionProvider"]),
                    plan["npu"]["outputs"])]
         if "cpu.onnx" in members:
@@ -76,4 +74,5 @@ def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None
                                    f"+CPUExecutionProvider({len(plan['cpu']['nodes'])} nodes)")
     session = ort.InferenceSession(members["model.onnx"], options, providers=["CPUExecutionProvider"])
     return OnpuBackend([(session, [o.name for o in session.get_outputs()])],
-                       f"onpu:CPUExecutionProvider (NPU provider {npu_ep} not registered here: whole graph on CPU)")
+                       "onpu:CPUExecutionProvider (" + ("reference semantics: " if reference else
+                       f"NPU provider {npu_ep} not registered here: ") + "whole graph on CPU)")

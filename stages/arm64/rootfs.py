@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,9 +38,27 @@ VENV = "/opt/edgebuild/venv"
 WHEELS = "/opt/edgebuild/wheels"  # the wheelhouse, bind-mounted read-only while pip installs
 # What the venv is built from: a change here or in the runtime's files reinstalls the project.
 RUNTIME_FILES = ("pyproject.toml", "runtime")
-FAKE_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
-                       "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
-                       "CPU revision\t: 3\n\n" for i in range(4))
+# /proc/cpuinfo as each Pi's CPU reports it (qemu 7.2 would show the host's x86 one, on which
+# onnxruntime's cpuinfo library crashes): a Pi 4's BCM2711 Cortex-A72 r0p3 (no crypto, no dot product)
+# and a Pi 5's BCM2712 Cortex-A76 r4p1 (dot product: asimddp). qemu's cortex-a72/-a76 models report
+# the same features through AT_HWCAP, so the two sources a library may read agree.
+CPUINFO = {
+    "cortex-a72": {"part": "0xd08", "variant": "0x0", "revision": "3",
+                   "features": "fp asimd evtstrm crc32 cpuid"},
+    "cortex-a76": {"part": "0xd0b", "variant": "0x4", "revision": "1",
+                   "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                               "lrcpc dcpop asimddp"},
+}
+DEFAULT_CPU = "cortex-a72"
+
+
+def fake_cpuinfo(cpu: str) -> str:
+    c = CPUINFO[cpu]
+    return "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {c['features']}\n"
+                   f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: {c['variant']}\n"
+                   f"CPU part\t: {c['part']}\nCPU revision\t: {c['revision']}\n\n" for i in range(4))
+
+
 # Run once in a new venv: the modules the worker imports, compiled to .pyc (and proven to import).
 WARM_IMPORTS = ("import numpy, PIL.Image, onnxruntime, torch, runtime, runtime.backends.onnxruntime, "
                 "runtime.backends.onpu, runtime.backends.torchscript")
@@ -218,10 +237,12 @@ def _bind(source: Path, target: Path, readonly: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[None]:
-    """/proc (with an ARM cpuinfo over the host's), /dev and /sys inside ``root``, for one block."""
-    fake = root / "opt/edgebuild/cpuinfo"
-    fake.parent.mkdir(parents=True, exist_ok=True)
-    fake.write_text(FAKE_CPUINFO)
+    """/proc (with an ARM cpuinfo over the host's), /dev and /sys inside ``root``, for one block.
+    ``chroot(..., cpu=...)`` mounts that CPU's own cpuinfo over it, in a mount namespace of its own."""
+    for cpu in CPUINFO:
+        cpuinfo_file(root, cpu).parent.mkdir(parents=True, exist_ok=True)
+        cpuinfo_file(root, cpu).write_text(fake_cpuinfo(cpu))
+    fake = cpuinfo_file(root, DEFAULT_CPU)
     done: list[Path] = []
     try:
         for kind, target in (("proc", "proc"), ("sysfs", "sys")):
@@ -237,10 +258,19 @@ def mounted(root: Path) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def cpuinfo_file(root: Path, cpu: str) -> Path:
+    return root / "opt/edgebuild" / f"cpuinfo-{cpu}"
+
+
 def chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:
-    """Run ``cmd`` in the arm64 userland with a clean environment (no host PIP_* settings)."""
+    """Run ``cmd`` in the arm64 userland with a clean environment (no host PIP_* settings). With ``cpu``,
+    qemu emulates that CPU and /proc/cpuinfo describes it: the bind mount is made in a private mount
+    namespace, so two CPUs can run side by side in one root filesystem. Needs ``mounted(root)``."""
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
            "DEBIAN_FRONTEND=noninteractive"]
-    if cpu:
-        env.append(f"QEMU_CPU={cpu}")
-    return _run(["chroot", str(root), *env, *cmd], timeout=timeout)
+    if not cpu:
+        return _run(["chroot", str(root), *env, *cmd], timeout=timeout)
+    inner = shlex.join(["chroot", str(root), *env, f"QEMU_CPU={cpu}", *cmd])
+    bind = shlex.join(["mount", "--bind", str(cpuinfo_file(root, cpu)), str(root / "proc/cpuinfo")])
+    return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{bind} && exec {inner}"],
+                timeout=timeout)

@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from importlib import metadata
 
 import numpy as np
 
@@ -33,7 +34,9 @@ def run(job: dict) -> dict:
             break
     emulated_ms = 1e3 * (time.perf_counter() - start) / len(results)
     np.save(job["outputs"], np.concatenate(results))
+    package = "torch" if session.manifest.format == "torchscript" else "onnxruntime"
     return {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
+            "backend_version": f"{package} {metadata.version(package)}",
             "emulated_ms_per_input": emulated_ms, "n": len(results)}
 
 

@@ -84,21 +84,25 @@ def drop_duplicate_nodes(graph: Any) -> int:
     return dropped
 
 
-def session(model: Any, threads: int = 1) -> Any:
-    """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count."""
+def session(model: Any, threads: int = 1, reference: bool = False) -> Any:
+    """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count. ``reference``:
+    graph optimizations off, so a QDQ graph runs as written (its reference semantics), not through
+    this host's fused INT8 kernels, whose results depend on the CPU (x86 without VNNI saturates)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if reference:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def run_all(model: Any, inputs: list, input_name: str) -> Any:
+def run_all(model: Any, inputs: list, input_name: str, reference: bool = False) -> Any:
     """The first output for each input, concatenated (one row per input)."""
     import os
 
     import numpy as np
 
-    sess = session(model, threads=os.cpu_count() or 1)
+    sess = session(model, threads=os.cpu_count() or 1, reference=reference)
     return np.concatenate([sess.run(None, {input_name: x})[0] for x in inputs])

@@ -70,7 +70,9 @@ class Judge:
         return self.holds(0.0, 1.0)
 
     def __call__(self, path: Path) -> dict:
-        outputs = run_all(path, self.inputs, self.input_name)
+        # Judged as the graph computes on any device (reference semantics), not as this host's fused INT8
+        # kernels do: evaluate's verdict reads the same (stages/evaluate.py, `verdict_run`).
+        outputs = run_all(path, self.inputs, self.input_name, reference=True)
         metric = self.budget.metric
         metrics = self.task.score(outputs, self.accepted, self.ids, self.task_params)
         drop = self.float_metrics[metric] - metrics[metric] if metric else 0.0
@@ -94,7 +96,7 @@ def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001
 
 def output_error(path: Path, inputs: np.ndarray, reference: np.ndarray, input_name: str) -> float:
     """Mean relative squared error of the outputs against float."""
-    out = run_all(path, [x[None] for x in inputs], input_name).astype(np.float64)
+    out = run_all(path, [x[None] for x in inputs], input_name, reference=True).astype(np.float64)
     ref = reference.astype(np.float64)
     return float(np.mean(((out - ref) ** 2).sum(1) / ((ref ** 2).sum(1) + 1e-12)))
 
