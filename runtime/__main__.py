@@ -7,7 +7,17 @@ import time
 
 import numpy as np
 
-from . import RuntimeLoadError, load, load_image
+from . import InputSpecError, RuntimeLoadError, load, load_image
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -19,16 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
     parser.add_argument("artifact", help="model.<ext> with its manifest.json beside it")
     parser.add_argument("image", help="an image file (any format Pillow reads)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs after 3 warm-up runs")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: manifest)")
+    parser.add_argument("--runs", type=positive, default=20, help="timed runs after 3 warm-up runs")
+    parser.add_argument("--threads", type=positive, default=None, help="intra-op threads (default: manifest)")
     args = parser.parse_args(argv)
     try:
         session = load(args.artifact, threads=args.threads)
-        image = load_image(args.image)
-    except (RuntimeLoadError, OSError) as exc:
+        x = session.preprocess(load_image(args.image))
+    except (RuntimeLoadError, InputSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    x = session.preprocess(image)
     for _ in range(3):
         logits = session.run(x)
     times = []
@@ -43,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
         yaw, pitch, roll = decode(np.asarray(logits).reshape(1, -1))[0]
         print(f"  yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}  (degrees)")
+    elif session.manifest.task == "face_classification":  # MTCNN nets: p(face) is the last channel
+        out = np.asarray(logits)
+        face = out[:, -1] if out.ndim == 4 else out[..., -1]
+        where = f"best of the {face.shape[-2]}x{face.shape[-1]} window map" if out.ndim == 4 else "the input"
+        print(f"  p(face) {float(face.max()):.3f} ({where}; output {list(out.shape)})")
+    elif session.manifest.task != "classification":
+        print(f"  output {session.outputs[0].name}: {list(np.asarray(logits).shape)} (task "
+              f"{session.manifest.task!r} has no summary here)")
     else:
         probs = softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
         labels = session.labels or tuple(str(i) for i in range(probs.size))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BackendVersionWarning, RuntimeLoadError
+from .schema import check
 
 if TYPE_CHECKING:
     from .preprocess import Preprocess
@@ -83,23 +84,48 @@ class Manifest:
     def read(cls, path: str | Path) -> "Manifest":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise RuntimeLoadError(f"no manifest at {path}: an artifact is loaded together with the "
                                    f"{MANIFEST_NAME} the build wrote beside it") from None
+        except IsADirectoryError:
+            raise RuntimeLoadError(f"manifest {path} is a directory, not a file; re-copy the artifact folder") from None
+        except UnicodeDecodeError as exc:
+            raise RuntimeLoadError(f"manifest {path} is not UTF-8 text (byte {exc.start}); it is corrupt: "
+                                   "rebuild or re-copy it") from None
+        except OSError as exc:
+            raise RuntimeLoadError(f"manifest {path} cannot be read ({exc.strerror})") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RuntimeLoadError(f"manifest {path} is not valid JSON ({exc}); rebuild or re-copy it") from None
-        if data.get("schema") != SCHEMA_VERSION:
-            raise RuntimeLoadError(f"manifest {path} has schema {data.get('schema')!r}, this runtime reads "
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise RuntimeLoadError(f"manifest {path} has schema {found!r}, this runtime reads "
                                    f"{SCHEMA_VERSION}; install the runtime version that matches the build")
-        try:
-            return cls(format=data["format"], artifact=data["artifact"], sha256=data["sha256"],
-                       model=data["model"], target=data["target"], quant=data["quant"], task=data["task"],
-                       inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                       outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-                       runtime=data.get("runtime", {}), raw=data)
-        except KeyError as exc:
-            raise RuntimeLoadError(f"manifest {path} lacks key {exc}; rebuild the artifact") from None
+        check(data, str(path))
+        sealed = data.get("manifest_sha256")
+        if sealed != canonical_sha256(data):
+            what = "has no seal (manifest_sha256)" if sealed is None else "was changed after the build (its seal does not match)"
+            raise RuntimeLoadError(f"manifest {path} {what}: its labels, preprocessing and I/O specs cannot be "
+                                   "trusted; rebuild the artifact or re-copy its manifest.json")
+        return cls(format=data["format"], artifact=data["artifact"], sha256=data["sha256"],
+                   model=data["model"], target=data["target"], quant=data["quant"], task=data["task"],
+                   inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                   outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+                   runtime=data.get("runtime", {}), raw=data)
+
+
+def canonical_sha256(data: dict[str, Any]) -> str:
+    """The sha256 of a manifest's canonical JSON, without its own seal: what ``seal_manifest`` records."""
+    body = {k: v for k, v in data.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                          .encode("utf-8")).hexdigest()
+
+
+def seal_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its seal: every field the runtime reads is then covered by a checksum."""
+    return {**data, "manifest_sha256": canonical_sha256(data)}
 
 
 def sha256_of(path: str | Path) -> str:
@@ -112,9 +138,13 @@ def sha256_of(path: str | Path) -> str:
 
 def verify(artifact: Path, manifest: Manifest) -> None:
     """The artifact must be the exact file the manifest describes (catches truncation and corruption)."""
-    if not artifact.exists():
-        raise RuntimeLoadError(f"artifact {artifact} does not exist")
-    actual = sha256_of(artifact)
+    if not artifact.is_file():
+        raise RuntimeLoadError(f"artifact {artifact} " + ("is a directory, not a file; re-copy the artifact folder"
+                                                         if artifact.is_dir() else "does not exist"))
+    try:
+        actual = sha256_of(artifact)
+    except OSError as exc:
+        raise RuntimeLoadError(f"artifact {artifact} cannot be read ({exc.strerror})") from None
     if actual != manifest.sha256:
         raise RuntimeLoadError(
             f"artifact {artifact} does not match its manifest (sha256 {actual[:12]}... != {manifest.sha256[:12]}...): "

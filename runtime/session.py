@@ -52,12 +52,15 @@ class Session:
         """An RGB image (PIL or HxWx3 uint8) -> the model's input tensor, as the manifest says."""
         return self.manifest.preprocessor(input_index)(image)
 
-    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
-        """One array in, the first output out; or a dict of inputs in, a dict of outputs out."""
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray],
+            check_finite: bool = True) -> np.ndarray | dict[str, np.ndarray]:
+        """One array in, the first output out; or a dict of inputs in, a dict of outputs out.
+        ``check_finite``: refuse NaN or Inf in float inputs (one np.isfinite pass) instead of returning
+        a confident answer computed from them."""
         single = not isinstance(x, Mapping)
         feeds = {self.inputs[0].name: x} if single else dict(x)
         for spec in self.inputs:
-            check_input(spec, feeds.get(spec.name))
+            check_input(spec, feeds.get(spec.name), check_finite)
         unknown = set(feeds) - {s.name for s in self.inputs}
         if unknown:
             raise InputSpecError(f"unknown input(s) {sorted(unknown)}; expected {[s.describe() for s in self.inputs]}")
@@ -67,7 +70,7 @@ class Session:
         return {spec.name: value for spec, value in zip(self.outputs, results)}
 
 
-def check_input(spec: TensorSpec, value: Any) -> None:
+def check_input(spec: TensorSpec, value: Any, check_finite: bool = True) -> None:
     if value is None:
         raise InputSpecError(f"missing input {spec.name!r}; expected {spec.describe()}")
     if not isinstance(value, np.ndarray):
@@ -78,6 +81,10 @@ def check_input(spec: TensorSpec, value: Any) -> None:
     if len(value.shape) != len(spec.shape) or any(
             isinstance(d, int) and d > 0 and d != v for d, v in zip(spec.shape, value.shape)):
         raise InputSpecError(f"input {spec.name!r} has shape {list(value.shape)}, expected {spec.describe()}")
+    if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        bad = int(value.size - np.isfinite(value).sum())
+        raise InputSpecError(f"input {spec.name!r} has {bad} NaN or infinite value(s); fix the input "
+                             "(or pass check_finite=False to run it anyway)")
 
 
 REFERENCE_FORMATS = ("onnx", "onpu")  # formats whose graph has reference semantics apart from its kernels

@@ -1,6 +1,6 @@
 """Set up a fresh machine and run the build or the tests: the README's two commands.
 
-    python3 -m stages.bootstrap build   # .venv + .venv-rknn + installs + `dvc repro`
+    python3 -m stages.bootstrap build   # .venv + .venv-rknn + installs + `dvc repro` (stages.build: both cores)
     python3 -m stages.bootstrap test    # .venv + .venv-rknn + installs + pytest
     python3 -m stages.bootstrap setup   # installs only
 
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     ensure_rknn_venv()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     if argv[0] == "build":
-        return subprocess.call([str(VENV / "bin" / "dvc"), "repro", *argv[1:]], cwd=ROOT, env=env)
+        return subprocess.call([str(PY), "-m", "stages.build", *argv[1:]], cwd=ROOT, env=env)
     if argv[0] == "test":
         return subprocess.call([str(PY), "-m", "pytest", "-rs", *argv[1:]], cwd=ROOT, env=env)
     return 0

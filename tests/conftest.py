@@ -44,7 +44,8 @@ def copy_project(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on which `dvc repro` has built every default artifact."""
+    """A project copy on which the README's build (`dvc repro`, through stages.build: model subgraphs
+    side by side) has built every default artifact."""
     repo = copy_project(tmp_path_factory.mktemp("built") / "repo")
-    run([sys.executable, "-m", "dvc", "repro"], repo)
+    run([sys.executable, "-m", "stages.build"], repo)
     return repo

@@ -97,6 +97,17 @@ def test_stage_alone_from_clean_builds_upstream_and_reproduces_bytes(built, tmp_
     ours = json.loads((repo / ART / "manifest.json").read_text())["sha256"]
     dvcs = json.loads((built / ART / "manifest.json").read_text())["sha256"]
     assert ours == dvcs
+    # The built project came from stages.build (model subgraphs side by side under DVC); this chain was
+    # built alone, one stage after another: every file of it is the same, byte for byte.
+    from stages.core.layout import Layout
+
+    def chain(root: Path) -> dict[str, bytes]:
+        layout = Layout(root / "artifacts", "mobilenet_v2", "rpi4", "int8_static", "model.onnx")
+        files = [layout.weights, layout.traced, layout.exported, layout.simplified, layout.calibration,
+                 layout.rewritten, layout.quantized, layout.artifact, layout.manifest]
+        return {f.relative_to(root).as_posix(): f.read_bytes() for f in files}
+
+    assert chain(repo) == chain(built)
     # Run again: everything upstream is fresh, nothing is rebuilt.
     again = run([sys.executable, "-m", "stages.convert", "model=mobilenet_v2", "target=rpi4"], repo)
     assert "upstream:" not in again.stderr

@@ -138,7 +138,11 @@ def test_repair_keeps_the_sensitive_layer_in_float_until_the_budget_holds(tmp_pa
     report = repair(cfg, layout, scheme, out, tmp_path / "cache.json")
     assert report["initial"]["passed"] is False and report["initial"]["drop"] > 5.0
     assert report["sensitivity"]["layers"][0]["node"] == "conv2"  # ranked on calibration data
-    assert report["kept_float"] == ["conv2"] and report["repaired"] and report["final"]["passed"]
+    # conv2 goes back to float first; judged by the graph's reference semantics (as a board computes it),
+    # the per-tensor u8 activation before it still loses the tiny channel (drop 6.25 > 5), so conv1
+    # follows, and only then does the budget hold. This host's fused kernels had stopped after conv2.
+    assert report["kept_float"][0] == "conv2" and report["repaired"] and report["final"]["passed"]
+    assert [step["passed"] for step in report["steps"]] == [False] * (len(report["steps"]) - 1) + [True]
     assert report["final"]["drop"] <= 5.0 and set(report["latency_ms"]) >= {"before", "after"}
     assert judge(out)["passed"]  # `out` now holds the repaired graph
     json.dumps(report)  # plain JSON types only: quantize.json is written from it

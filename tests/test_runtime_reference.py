@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from runtime import BackendVersionWarning, RuntimeLoadError, load
-from runtime.manifest import sha256_of
+from runtime.manifest import seal_manifest, sha256_of
 from test_format_onpu import tiny_qdq_model
 
 
@@ -22,7 +22,7 @@ def artifact(tmp_path: Path, fmt: str = "onnx", ort_version: str = ort.__version
                 "inputs": [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW"}],
                 "outputs": [{"name": "y", "shape": [1, 5], "dtype": "float32"}],
                 "runtime": {"threads": 1}, "toolchain": {"onnxruntime": ort_version}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     return path
 
 
@@ -41,7 +41,7 @@ def test_reference_semantics_turn_graph_optimizations_off(tmp_path):
 def test_reference_semantics_are_refused_for_formats_without_them(tmp_path):
     path = artifact(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": "rknn"}))
+    (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest({**manifest, "format": "rknn"})))
     with pytest.raises(RuntimeLoadError, match="reference semantics are defined for onnx, onpu"):
         load(path, reference=True)
 

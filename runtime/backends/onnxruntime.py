@@ -52,4 +52,28 @@ def open_onnx(path: Path, manifest: Manifest, providers: list[str] | None = None
         session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         raise RuntimeLoadError(f"onnxruntime could not open {path}: {exc}") from None
+    check_io(path, manifest, session)
     return OrtBackend(session, session.get_providers()[0] + (" (reference semantics)" if reference else ""))
+
+
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(uint16)": "uint16", "tensor(int16)": "int16",
+              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+
+
+def check_io(path: Path, manifest: Manifest, session: object) -> None:
+    """The manifest's declared inputs and outputs must be the model's: names, dtypes, ranks, fixed sizes."""
+    for kind, declared, actual in (("input", manifest.inputs, session.get_inputs()),  # type: ignore[attr-defined]
+                                   ("output", manifest.outputs, session.get_outputs())):  # type: ignore[attr-defined]
+        model = {a.name: a for a in actual}
+        for spec in declared:
+            got = model.get(spec.name)
+            if got is None:
+                raise RuntimeLoadError(f"{path}: the manifest declares {kind} {spec.name!r}, the model has "
+                                       f"{sorted(model)}; the manifest is from another build")
+            dtype = ORT_DTYPES.get(got.type, got.type)
+            shape = list(got.shape)
+            fixed = [(d, m) for d, m in zip(spec.shape, shape) if isinstance(d, int) and isinstance(m, int)]
+            if dtype != spec.dtype or len(shape) != len(spec.shape) or any(d != m for d, m in fixed):
+                raise RuntimeLoadError(f"{path}: {kind} {spec.name!r} is {dtype}{shape} in the model but "
+                                       f"{spec.describe()} in the manifest; the manifest is from another build")

@@ -185,14 +185,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.arm64", description=__doc__.splitlines()[0])
     parser.add_argument("--max-inputs", type=int, default=MAX_INPUTS, help="gold inputs per artifact (%(default)s)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--setup-only", action="store_true",
+                        help="only build (or reuse) the cached userland and venv; needs no artifact (stages.build "
+                             "runs it beside the builds)")
     args = parser.parse_args(argv)
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
     reason = rootfs.why_not_here()
     if reason:
         console.print(f"[bold yellow]arm64 check not run:[/] {reason}")
-        write_json(args.out, {"ran": False, "reason": reason, "results": []})
+        if not args.setup_only:
+            write_json(args.out, {"ran": False, "reason": reason, "results": []})
         return 0
     try:
+        if args.setup_only:
+            timing = setup()[2]
+            console.print("arm64 userland ready: " + ", ".join(f"{k} {v}" for k, v in timing.items()))
+            return 0
         record = verify(plan, args.max_inputs)
     except BuildError as exc:
         console.print(f"[bold red]error[/] in stage 'arm64': {exc}")

@@ -6,11 +6,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from runtime.manifest import SCHEMA_VERSION
+from runtime.manifest import SCHEMA_VERSION, seal_manifest
 
 from .config import Config, to_plain
 from .datasets import LABELS, preprocess_for
 from .fileio import sha256_file
+
+
+# Config keys that say how a stage was invoked, not what the artifact is: a hand build
+# (upstream=true) and `dvc repro` (upstream=false) must write the same manifest.
+INVOCATION_KEYS = ("upstream", "artifacts")
 
 
 def toolchain_versions(packages: Iterable[str]) -> dict[str, str]:
@@ -51,10 +56,11 @@ def describe(cfg: Config, fmt: str, artifact_name: str, io: tuple[list[dict], li
         "runtime": {"providers": list(cfg.target.runtime.providers), "threads": cfg.target.runtime.threads},
         "toolchain": toolchain_versions(toolchain),
         "sources": {name: sha256_file(path) for name, path in sources.items()},
-        "config": to_plain(cfg),
+        "config": {k: v for k, v in to_plain(cfg).items() if k not in INVOCATION_KEYS},
     }
 
 
 def seal(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
-    """Add the artifact's sha256 and size: what the runtime checks before it loads anything."""
-    return {**manifest, "sha256": sha256_file(artifact), "size_bytes": artifact.stat().st_size}
+    """Add the artifact's sha256 and size, then seal the whole manifest (its canonical JSON's sha256):
+    what the runtime checks before it loads anything."""
+    return seal_manifest({**manifest, "sha256": sha256_file(artifact), "size_bytes": artifact.stat().st_size})

@@ -1,0 +1,127 @@
+"""build: every default artifact (`dvc repro`), with both cores busy.
+
+    python -m stages.build            # what `python3 -m stages.bootstrap build` runs
+    python -m stages.build --jobs 1   # one `dvc repro`, nothing side by side
+
+DVC runs one process's stages one after another, but it lets go of the workspace's lock while a
+stage's command runs, and it takes a write lock on a stage's outputs and read locks on its
+dependencies. So `dvc repro` processes on disjoint subgraphs can share one workspace, each
+recording its own stages in dvc.lock (read, merged and rewritten under the lock). The subgraphs
+here are the models: each model's builds (`evaluate@...`, `prepare@...`) share nothing with
+another model's. Up to ``--jobs`` of them run at once, the costliest first, while the arm64
+userland (which needs no artifact) is set up; then the whole-project stages (arm64, faces) run
+side by side, and a last plain `dvc repro` runs what is left (the report) and checks that
+everything is up to date. What it records is what a serial `dvc repro` records: the same stages,
+the same byte-reproducible outputs (tests/test_build.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from stages.core.layout import PROJECT_ROOT
+
+# Relative cost of one model's chain, for the order jobs start in (the costliest first, so the
+# last job to finish is a short one). Training from scratch dominates; then each build's chain.
+TRAIN_COST, BUILD_COST = 8, 1
+
+
+def model_jobs(plan: dict, trained: set[str]) -> list[tuple[str, list[str]]]:
+    """(model, its final DVC stages) for every model, the costliest first."""
+    jobs: dict[str, list[str]] = {m: [] for m in plan["models"]}
+    for group, stage in (("builds", "evaluate"), ("prepared", "prepare")):
+        for key, item in (plan.get(group) or {}).items():
+            jobs[item["model"]].append(f"{stage}@{key}")
+    cost = {m: BUILD_COST * len(t) + (TRAIN_COST if m in trained else 0) for m, t in jobs.items()}
+    return sorted(((m, t) for m, t in jobs.items() if t), key=lambda mt: -cost[mt[0]])
+
+
+def project_jobs(plan: dict) -> list[tuple[str, list[str]]]:
+    """The stages over the whole project that may run side by side once every build is done."""
+    return [("arm64", ["arm64"])] + ([("faces", ["faces"])] if plan.get("detectors") else [])
+
+
+class Runner:
+    """Runs commands side by side, each line of output prefixed with the job's name."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.lock = threading.Lock()
+        self.failures: list[str] = []
+        self.wall: dict[str, float] = {}
+
+    def __call__(self, name: str, cmd: list[str]) -> bool:
+        start = time.monotonic()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            with self.lock:
+                sys.stdout.write(f"[{name}] {line}")
+                sys.stdout.flush()
+        code = proc.wait()
+        self.wall[name] = time.monotonic() - start
+        if code != 0:
+            with self.lock:
+                self.failures.append(f"{name}: `{' '.join(cmd[1:])}` exited {code}; its last lines:\n"
+                                     + "".join(f"    {line}" for line in tail[-15:]))
+        return code == 0
+
+
+def dvc(*args: str) -> list[str]:
+    # Each process waits for the workspace lock the other holds while it plans or records a stage.
+    return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
+
+
+def build(cwd: Path, jobs: int) -> int:
+    from stages.core.cli import load
+
+    plan = yaml.safe_load((cwd / "conf" / "builds.yaml").read_text())
+    if jobs <= 1:
+        return subprocess.call(dvc("repro"), cwd=cwd)
+    trained = {m for m in plan["models"] if load([f"model={m}"]).model.train}
+    run = Runner(cwd)
+    started = time.monotonic()
+    with ThreadPoolExecutor(jobs + 1) as pool:
+        # The arm64 userland depends on no artifact: set it up beside the builds (its own job slot:
+        # it mostly waits on debootstrap and pip).
+        setup = pool.submit(run, "arm64-setup", [sys.executable, "-m", "stages.arm64", "--setup-only"])
+        with ThreadPoolExecutor(jobs) as models:
+            done = list(models.map(lambda job: run(job[0], dvc("repro", *job[1])), model_jobs(plan, trained)))
+        setup.result()
+    if all(done):
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda job: run(job[0], dvc("repro", *job[1])), project_jobs(plan)))
+    if not run.failures:
+        run("repro", dvc("repro"))
+    wall = time.monotonic() - started
+    print(f"build: {wall / 60:.1f} min wall, {jobs} jobs side by side; per job (min): "
+          + ", ".join(f"{name} {s / 60:.1f}" for name, s in sorted(run.wall.items(), key=lambda kv: -kv[1])))
+    if run.failures:
+        print(f"build failed: {len(run.failures)} job(s):", *run.failures, sep="\n  - ", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="model subgraphs built side by side (default: %(default)s, this machine's cores up to 2)")
+    args = parser.parse_args(argv)
+    return build(PROJECT_ROOT, args.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Bad input to the runtime gets a clear error naming what is wrong, never a traceback or a silent
+success: manifests (structure, values, seal, I/O against the model), images, inputs and the CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from runtime import InputSpecError, RuntimeLoadError, load
+from runtime.manifest import Manifest, seal_manifest
+from runtime.preprocess import Preprocess, load_image
+from test_runtime_reference import artifact
+
+
+def rewrite(folder: Path, change, seal: bool = True) -> Path:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    old_seal = manifest.pop("manifest_sha256")
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest) if seal else
+                                                     {**manifest, "manifest_sha256": old_seal}))
+    return folder / "manifest.json"
+
+
+def field(key: str, value):
+    def change(m: dict) -> None:
+        *path, last = key.split(".")
+        target = m
+        for part in path:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[last] = value
+    return change
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("inputs.0.shape", None, r"inputs\[0\]\.shape must be a list"),
+    ("inputs.0.dtype", "float33", r"inputs\[0\]\.dtype is 'float33'; expected one of float32"),
+    ("inputs", [], r"inputs must be a list of at least 1"),
+    ("runtime.threads", "four", r"runtime\.threads must be an integer >= 1"),
+    ("outputs.0.labels", 3, r"outputs\[0\]\.labels must be a list"),
+    ("outputs.0.labels", ["a", "b"], r"outputs\[0\]\.labels has 2 label\(s\) for 5 output classes"),
+    ("inputs.0.shape", [1, 3, -16, 16], r"inputs\[0\]\.shape\[2\] must be an integer >= 1"),
+    ("inputs.0.preprocess", {"interpolation": "bicubicx"}, r"interpolation is 'bicubicx'"),
+    ("inputs.0.preprocess", {"std": [0, 0, 0]}, r"std must be > 0"),
+    ("inputs.0.preprocess", {"mean": [1, 2]}, r"mean must be a list of at least 3"),
+    ("artifact", "../model.onnx", r"artifact must be a file name"),
+])
+def test_manifest_values_are_checked_naming_the_field(tmp_path, key, value, message):
+    path = artifact(tmp_path)
+    rewrite(tmp_path, field(key, value))
+    with pytest.raises(RuntimeLoadError, match=message):
+        load(path)
+
+
+def test_manifest_structure_and_encoding(tmp_path):
+    path = artifact(tmp_path)
+    for text, message in ((b"[]", "schema 'list'"), (b"{\xff}", "not UTF-8"), (b"{", "not valid JSON")):
+        (tmp_path / "manifest.json").write_bytes(text)
+        with pytest.raises(RuntimeLoadError, match=message):
+            load(path)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(RuntimeLoadError, match="is a directory"):
+        load(path)
+
+
+def test_a_manifest_edited_after_the_build_is_refused(tmp_path):
+    path = artifact(tmp_path)
+    rewrite(tmp_path, field("outputs.0.labels", list("abcde")), seal=False)  # valid, but not what was built
+    with pytest.raises(RuntimeLoadError, match="was changed after the build"):
+        load(path)
+
+
+def test_declared_io_must_be_the_models(tmp_path):
+    path = artifact(tmp_path)
+    rewrite(tmp_path, field("inputs.0.shape", [1, 3, 32, 32]))
+    with pytest.raises(RuntimeLoadError, match=r"input 'x' is float32\[1, 3, 16, 16\] in the model but x: "
+                                               r"float32\[1, 3, 32, 32\]"):
+        load(path)
+    rewrite(tmp_path, field("inputs.0.shape", [1, 3, 16, 16]))
+    rewrite(tmp_path, field("outputs.0.name", "logits"))
+    with pytest.raises(RuntimeLoadError, match="declares output 'logits', the model has \\['y'\\]"):
+        load(path)
+
+
+def test_artifact_that_is_a_directory_is_refused(tmp_path):
+    path = artifact(tmp_path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(RuntimeLoadError):
+        load(path)
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((8, 8, 3), np.float32), "must be uint8 .* got float32"),
+    (np.zeros((8, 8, 3), np.float64), "must be uint8 .* got float64"),
+    (np.zeros((8, 8, 3), np.uint16), "must be uint8 .* got uint16"),
+    (np.zeros((3, 8, 8), np.uint8), "channels first"),
+    (np.zeros((0, 0, 3), np.uint8), "empty"),
+    (np.zeros((8, 8, 2), np.uint8), r"shape \[8, 8, 2\]"),
+    (7, "got int"),
+])
+def test_preprocess_refuses_what_it_cannot_read_and_says_what_to_do(image, message):
+    with pytest.raises(InputSpecError, match=message):
+        Preprocess(4, 4)(image)
+
+
+def test_preprocess_takes_paths_grey_and_rgba():
+    photo = "/usr/share/doc/opencv-doc/examples/data/orange.jpg"
+    pre = Preprocess(4, 4)
+    assert pre(photo).shape == pre(np.zeros((9, 9), np.uint8)).shape == pre(np.zeros((9, 9, 4), np.uint8)).shape
+
+
+def test_a_truncated_image_names_its_file(tmp_path):
+    data = Path("/usr/share/doc/opencv-doc/examples/data/orange.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputSpecError, match="cut.jpg cannot be decoded"):
+        load_image(tmp_path / "cut.jpg")
+
+
+def test_non_finite_inputs_are_refused_unless_asked(tmp_path):
+    session = load(artifact(tmp_path))
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputSpecError, match="1 NaN or infinite value"):
+        session.run(x)
+    assert session.run(x, check_finite=False).shape == (1, 5)
+
+
+@pytest.mark.parametrize("args, message", [(["--runs", "0"], "expected a whole number >= 1, got 0"),
+                                           (["--runs", "-3"], "got -3"), (["--threads", "-4"], "got -4")])
+def test_runtime_cli_rejects_bad_counts(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "runtime", str(artifact(tmp_path)),
+                           "/usr/share/doc/opencv-doc/examples/data/orange.jpg", *args],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runtime_cli_on_a_broken_manifest_says_so(tmp_path):
+    path = artifact(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"[1, 2]")
+    proc = subprocess.run([sys.executable, "-m", "runtime", str(path), "/usr/share/doc/opencv-doc/examples/data/orange.jpg"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: manifest") and "Traceback" not in proc.stderr
+
+
+def test_fuzzed_artifacts_and_manifests_give_only_project_errors(tmp_path):
+    """600 random mutations (bytes, truncation, keys, value types) of a small real artifact and its
+    manifest, in a subprocess (a crash would show as a signal): zero exceptions outside the runtime's own."""
+    artifact(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_runtime.py"), str(tmp_path), "600"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cases"] == 600 and summary["other_exceptions"] == [], summary
+    assert summary["project_errors"] + summary["loaded"] == 600
