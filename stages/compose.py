@@ -22,7 +22,7 @@ from stages.core.cli import layout_for, load
 from stages.core.config import to_plain
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
-from stages.core.log import console
+from stages.core.log import user_error
 from stages.core.pipeline import DIGESTED
 
 
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compose_files(args.model, args.target, args.quant, args.overrides)
     except BuildError as exc:
-        console.print(f"[bold red]error[/] in compose: {exc}")
-        return 2
+        return user_error("compose", exc)
     return 0
 
 

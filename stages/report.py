@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 from stages.core.fileio import write_bytes, write_json, write_text
 from stages.core.layout import PROJECT_ROOT, Layout
-from stages.core.log import console, track
+from stages.core.log import console, track, user_error
 
 IMAGE_DIR = "report"  # under the artifact root, beside report.md, which links into it
 SVG_SALT = "edgebuild-report"  # fixed ids inside the SVGs: same data, same bytes
@@ -728,8 +728,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = Path(args.artifacts)
     root = root if root.is_absolute() else PROJECT_ROOT / root
     if not root.is_dir():
-        console.print(f"[bold red]error[/] in report: no artifact folder at {root}")
-        return 2
+        return user_error("report", f"no artifact folder at {root}")
     paths = write_report(root)
     console.print(f"report: {summary_line(read_json(root / 'report.json'))}")
     for path in paths[:3]:

@@ -4,7 +4,7 @@ import sys
 import pytest
 from hydra.errors import MissingConfigException
 
-from conftest import copy_project, run
+from conftest import ROOT, copy_project, run
 from stages.core.cli import compose, load
 from stages.core.config import WeightsConfig
 from stages.core.errors import BuildError
@@ -62,3 +62,37 @@ def test_malformed_yaml_and_unknown_target_fail_from_the_command_line(tmp_path):
     (repo / "conf" / "target" / "broken.yaml").unlink()
     proc = run([sys.executable, "-m", "stages.convert", "target=rk9999"], repo, check=False)
     assert proc.returncode != 0 and "Available options in 'target'" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.input.mean=[1,2]"], "'model.input.mean': has 2 value(s) [1.0, 2.0]; a RGB input has 3 channel(s)"),
+    (["model.input.std=[0,0,0]"], "'model.input.std': [0.0, 0.0, 0.0] has a value <= 0"),
+    (["model.input.shape=[1,3,-224,224]"], "'model.input.shape': is [1, 3, -224, 224]; every value must be >= 1"),
+    (["model.input.shape=[1,3,224]"], "'model.input.shape': has 3 value(s) [1, 3, 224]; expected 4"),
+    (["model.input.shape=[1,1,224,224]"], "'model.input.shape': [1, 1, 224, 224] has 1 channel(s)"),
+    (["quant.calibration.num_samples=-5"], "'quant.calibration.num_samples': is -5; must be >= 1"),
+    (["quant=int8_percentile", "quant.calibration.percentile=150"], "'quant.calibration.percentile': is 150.0; must be <= 100"),
+    (["model=mtcnn_pnet", "model.input.interpolation=bicubicx"], "'model.input.interpolation': is 'bicubicx'; expected one of"),
+    (["model=fashion_ghostnetv2", "model.train.recipe.schedule=cosinee"], "'model.train.recipe.schedule': is 'cosinee'; expected one of cosine, constant"),
+    (["target.runtime.threads=0"], "'target.runtime.threads': is 0; must be >= 1"),
+    (["target=rk3588", "target.rknn.quantized_algorithm=mmsee"], "'target.rknn.quantized_algorithm': is 'mmsee'"),
+])
+def test_values_are_validated_before_any_stage_runs(overrides, message):
+    with pytest.raises(BuildError) as exc:
+        load(overrides)
+    assert message in str(exc.value)
+
+
+def test_every_shipped_model_and_target_passes_the_value_rules():
+    for model in ("mobilenet_v2", "fashion_ghostnetv2", "fashion_cnn_npu", "mtcnn_pnet", "whenet"):
+        for target in ("rpi4", "rpi5", "rk3588", "rk1808", "jetson_orin", "rpi4_torch"):
+            load([f"model={model}", f"target={target}"])
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("quant.calibration.method=foo", "expected one of [minmax, entropy, percentile]"),
+    ("model.name='[/x]'", "model.name '[/x]' is not a valid artifact folder name"),
+])
+def test_error_text_is_printed_literally_not_as_rich_markup(tmp_path, override, shown):
+    proc = run([sys.executable, "-m", "stages.trace", override], ROOT, check=False)
+    assert proc.returncode == 2 and shown in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -30,7 +30,7 @@ import yaml
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import PROJECT_ROOT, Layout
-from stages.core.log import console
+from stages.core.log import console, user_error
 
 from . import rootfs
 
@@ -203,8 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         record = verify(plan, args.max_inputs)
     except BuildError as exc:
-        console.print(f"[bold red]error[/] in stage 'arm64': {exc}")
-        return 2
+        return user_error("stage 'arm64'", exc)
     write_json(args.out, record)
     for r in record["results"]:
         console.print(f"  {r['build']:42s} {r['cpu']:11s} n={r['n']:3d} vs x86 reference: max|Δ|={r['max_abs_diff']:.2e} "

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from .config import Config, validate
 from .errors import BuildError
 from .layout import CONF_DIR, Layout
-from .log import console
+from .log import console, user_error
 from .pipeline import Stage, ensure_upstream, execute
 
 
@@ -77,7 +77,7 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
         console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target}/{layout.quant})")
         execute(stage, cfg, layout)
     except BuildError as exc:
-        console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
+        user_error(f"stage {stage.name!r}", exc)
         if _in_multirun():
             _record_failure(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
             return
@@ -173,8 +173,7 @@ def hydra_entry(stage: Stage) -> Callable[[], None]:
         try:
             check_yaml_syntax()
         except BuildError as exc:
-            console.print(f"[bold red]error[/] in stage {stage.name!r}: {exc}")
-            sys.exit(2)
+            sys.exit(user_error(f"stage {stage.name!r}", exc))
         main()
 
     return entry

@@ -18,6 +18,14 @@ from .errors import BuildError
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def rule(default: Any = MISSING, *, factory: Any = None, **constraint: Any) -> Any:
+    """A field with a value rule, checked by ``check_values`` after the types: ``ge``/``gt``/``le``/``lt``
+    (a number, or every number of a list), ``choices``, ``length`` (of a list), ``each_ge``."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": constraint})
+    return field(default=default, metadata={"rule": constraint})
+
+
 class Task(str, enum.Enum):
     """What a model's output means, and so how the gold check scores it (stages/core/tasks.py)."""
 
@@ -65,8 +73,8 @@ class ImageItem:
 class AugmentConfig:
     """Random crops/flips to draw several calibration tensors from one photo."""
 
-    samples: int = 1  # tensors drawn per image; 1 = the plain preprocessed image only
-    min_crop: float = 0.35  # smallest crop, as a fraction of the image area
+    samples: int = rule(1, ge=1)  # tensors drawn per image; 1 = the plain preprocessed image only
+    min_crop: float = rule(0.35, gt=0.0, le=1.0)  # smallest crop, as a fraction of the image area
     flip: bool = True
     seed: int = 0
 
@@ -116,7 +124,7 @@ class DatasetConfig:
     idx: Optional[IdxConfig] = None  # ... and/or a whole IDX file
     npy: Optional[NpyConfig] = None  # ... and/or one .npy array
     variants: List[Variant] = field(default_factory=list)  # each item is also scored under these
-    variant_degrees: float = 15.0
+    variant_degrees: float = rule(15.0, gt=0.0, lt=180.0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -124,14 +132,14 @@ class DatasetConfig:
 @dataclass
 class InputSpec:
     name: str = "input"
-    shape: List[int] = MISSING  # in `layout` order, batch first
+    shape: List[int] = rule(MISSING, length=4, ge=1)  # in `layout` order, batch first
     layout: Layout = Layout.NCHW
-    dtype: str = "float32"
+    dtype: str = rule("float32", choices=("float32", "float16", "uint8"))
     color: ColorOrder = ColorOrder.RGB
     mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # pixel units (0..255)
     std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # pixel units (0..255)
-    resize: Optional[int] = None  # shorter side before the center crop; None: resize to the input size
-    interpolation: str = "bilinear"
+    resize: Optional[int] = rule(None, ge=1)  # shorter side before the center crop; None: resize to the input size
+    interpolation: str = rule("bilinear", choices=("bilinear", "nearest", "bicubic", "area"))
 
 
 @dataclass
@@ -152,12 +160,12 @@ class WeightsConfig:
 
 @dataclass
 class ExportConfig:
-    opset: int = 17
+    opset: int = rule(17, ge=7, le=23)
     # ONNX dims left free, by index, e.g. {2: height, 3: width} for a fully convolutional net that
     # runs on every level of an image pyramid (MTCNN's P-Net); the rest stay as in input.shape.
     dynamic_input: Dict[int, str] = field(default_factory=dict)
     dynamic_output: Dict[int, str] = field(default_factory=dict)
-    simplifier: str = "onnxsim"  # onnxsim | none
+    simplifier: str = rule("onnxsim", choices=("onnxsim", "none"))
 
 
 # ---------------------------------------------------------------- rewrites (graph: per target; module: model surgery)
@@ -189,15 +197,15 @@ class RewriteConfig:
 class RecipeConfig:
     """SGD with momentum, cosine or constant learning rate: enough for the small models trained here."""
 
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
+    epochs: int = rule(1, ge=0)
+    batch_size: int = rule(128, ge=1)
+    lr: float = rule(0.05, gt=0.0)
+    momentum: float = rule(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = rule(5e-4, ge=0.0)
+    schedule: str = rule("cosine", choices=("cosine", "constant"))
     flip: bool = False  # random horizontal flips
     seed: int = 0
-    threads: int = 2  # torch threads; results are reproducible for a given count
+    threads: int = rule(2, ge=1)  # torch threads; results are reproducible for a given count
 
 
 @dataclass
@@ -239,21 +247,21 @@ class ModelConfig:
 @dataclass
 class BudgetConfig:
     metric: Optional[str] = "top1"  # a gold metric of the model's task; None: no drop check (no labels)
-    max_drop: float = 1.0  # accuracy points (percent) the artifact may lose against float
-    min_agreement: Optional[float] = None  # fraction of gold inputs whose decision matches float
-    max_error: Optional[float] = None  # the task's error against float, in its unit (head pose: MAE, degrees)
+    max_drop: float = rule(1.0, ge=0.0, le=100.0)  # accuracy points (percent) the artifact may lose against float
+    min_agreement: Optional[float] = rule(None, ge=0.0, le=1.0)  # fraction of gold inputs whose decision matches float
+    max_error: Optional[float] = rule(None, ge=0.0)  # the task's error against float, in its unit (head pose: MAE, degrees)
 
 
 @dataclass
 class RuntimeConfig:
     providers: List[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int = 4  # the board's cores; benchmarks here use min(threads, this machine's cores)
+    threads: int = rule(4, ge=1, le=1024)  # the board's cores; benchmarks here use min(threads, this machine's cores)
 
 
 @dataclass
 class BenchmarkConfig:
-    warmup: int = 20
-    runs: int = 50
+    warmup: int = rule(20, ge=0)
+    runs: int = rule(50, ge=1)
 
 
 @dataclass
@@ -270,8 +278,8 @@ class RknnConfig:
 
     platform: str = MISSING  # target_platform, e.g. rk3588
     quantized_dtype: str = "w8a8"  # toolkit2: w8a8; toolkit v1: asymmetric_affine-u8
-    quantized_algorithm: str = "normal"  # normal | mmse | kl_divergence
-    optimization_level: int = 3
+    quantized_algorithm: str = rule("normal", choices=("normal", "mmse", "kl_divergence"))
+    optimization_level: int = rule(3, ge=0, le=3)
     toolkit_python: Optional[str] = None  # toolkit v1 only: python of a venv with rknn-toolkit 1.x
 
 
@@ -312,8 +320,8 @@ class TargetConfig:
 @dataclass
 class CalibrationConfig:
     method: CalibMethod = CalibMethod.minmax
-    num_samples: int = 64  # taken from the front of the calibration set
-    percentile: float = 99.999  # for method=percentile
+    num_samples: int = rule(64, ge=1)  # taken from the front of the calibration set
+    percentile: float = rule(99.999, gt=0.0, le=100.0)  # for method=percentile
 
 
 @dataclass
@@ -321,8 +329,8 @@ class RepairConfig:
     """What the quantize stage does when a build misses its accuracy budget (repairable schemes)."""
 
     enabled: bool = True  # keep the most sensitive layers in float until the budget holds
-    max_float_nodes: int = 8  # give up (and fail the build) beyond this many
-    sensitivity_inputs: int = 32  # calibration tensors the per-layer sensitivity is measured on
+    max_float_nodes: int = rule(8, ge=0)  # give up (and fail the build) beyond this many
+    sensitivity_inputs: int = rule(32, ge=1)  # calibration tensors the per-layer sensitivity is measured on
 
 
 @dataclass
@@ -365,6 +373,7 @@ def validate(cfg: DictConfig | dict) -> Config:
             f"invalid config{f' at key {key!r}' if key else ''}: {_first_line(exc)}",
             hint="check the spelling and type of that key against stages/core/config.py",
         ) from None
+    check_values(typed)
     for section, name in (("model", typed.model.name), ("target", typed.target.name)):
         if not NAME_PATTERN.match(name) or name.startswith("_"):
             raise BuildError(
@@ -380,6 +389,69 @@ def validate(cfg: DictConfig | dict) -> Config:
             hint="set model.module._target_ to the dotted path of a function that builds the nn.Module",
         )
     return typed
+
+
+def _value_problem(value: Any, r: dict[str, Any]) -> str | None:
+    if value is None or value is MISSING:
+        return None
+    if "choices" in r and value not in r["choices"]:
+        return f"is {value!r}; expected one of {', '.join(map(str, r['choices']))}"
+    if "length" in r and len(value) != r["length"]:
+        return f"has {len(value)} value(s) {list(value)}; expected {r['length']}"
+    numbers = list(value) if isinstance(value, (list, tuple)) else [value]
+    for op, test, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                           ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        if op in r and isinstance(numbers[0] if numbers else None, (int, float)):
+            bad = [v for v in numbers if not test(v, r[op])]
+            if bad:
+                return f"is {value!r}; every value must be {word} {r[op]}" if len(numbers) > 1 or isinstance(
+                    value, (list, tuple)) else f"is {value!r}; must be {word} {r[op]}"
+    return None
+
+
+def _walk(node: Any, key: str) -> None:
+    from dataclasses import fields, is_dataclass
+
+    if is_dataclass(node):
+        for f in fields(node):
+            value = getattr(node, f.name)
+            path = f"{key}.{f.name}" if key else f.name
+            problem = _value_problem(value, f.metadata.get("rule", {}))
+            if problem:
+                raise BuildError(f"invalid config at key {path!r}: {problem}",
+                                 hint=f"set {path} to an allowed value (its rule is in stages/core/config.py)")
+            _walk(value, path)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _walk(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _walk(v, f"{key}[{i}]")
+
+
+def _check_input(spec: InputSpec, key: str) -> None:
+    channels = 1 if spec.color == ColorOrder.GRAY else 3
+    for name in ("mean", "std"):
+        values = getattr(spec, name)
+        if len(values) != channels:
+            raise BuildError(f"invalid config at key '{key}.{name}': has {len(values)} value(s) {list(values)}; a "
+                             f"{spec.color.value} input has {channels} channel(s), so it needs {channels}",
+                             hint=f"give one {name} per channel, in pixel units (0..255)")
+    if any(v <= 0 for v in spec.std):
+        raise BuildError(f"invalid config at key '{key}.std': {list(spec.std)} has a value <= 0",
+                         hint="std divides the pixels: give positive values, in pixel units (0..255)")
+    shape_channels = spec.shape[1] if spec.layout == Layout.NCHW else spec.shape[3]
+    if shape_channels != channels:
+        raise BuildError(f"invalid config at key '{key}.shape': {list(spec.shape)} has {shape_channels} channel(s) "
+                         f"({spec.layout.value}) but color {spec.color.value} has {channels}",
+                         hint="make the shape's channel dimension match the colour order")
+
+
+def check_values(cfg: Config) -> None:
+    """Values, not just keys and types: ranges, allowed strings and lengths (``rule`` fields), and the
+    rules across fields (one mean and std per input channel). Raises BuildError naming the full key."""
+    _walk(cfg, "")
+    _check_input(cfg.model.input, "model.input")
 
 
 def to_plain(cfg: Config) -> dict[str, Any]:

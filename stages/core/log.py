@@ -34,3 +34,12 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 # torch.jit and the TorchScript ONNX exporter are deprecated upstream but remain the paths that
 # give static, reproducible graphs and the .pt artifacts boards load; the notices are noise here.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.(jit|onnx)")
+
+
+def user_error(where: str, exc: BaseException | str) -> int:
+    """The one way every CLI reports a user error: one message, printed literally (never read as Rich
+    markup: a key like '[/x]' or a list in brackets is part of the message), and exit code 2."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error[/] in {escape(where)}: {escape(str(exc))}")
+    return 2
