@@ -11,16 +11,29 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import BackendUnavailable, RuntimeLoadError
-from ..manifest import Manifest
+from ..manifest import Manifest, TensorSpec
+
+INSTALL = "pip install rknn-toolkit-lite2==2.5.0 (aarch64 wheels on PyPI; the board image must provide librknnrt.so)"
+
+
+def data_format(spec: TensorSpec) -> str:
+    """The one rule for what ``inference(data_format=...)`` is told, on the board and in the build's
+    simulator alike: the manifest's layout of the input (the build feeds NHWC uint8 pixels)."""
+    return "nhwc" if (spec.layout or "NCHW").upper() == "NHWC" else "nchw"
 
 
 class RknnLiteBackend:
-    def __init__(self, rknn: object, platform: str) -> None:
+    def __init__(self, rknn: object, platform: str, manifest: Manifest) -> None:
         self._rknn = rknn
+        self._inputs = manifest.inputs
         self.name = f"rknnlite:{platform}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        outputs = self._rknn.inference(inputs=list(feeds.values()), data_format="nchw")  # type: ignore[attr-defined]
+        formats = {data_format(spec) for spec in self._inputs}
+        if len(formats) != 1:
+            raise RuntimeLoadError(f"inputs {[s.describe() for s in self._inputs]} mix layouts; rknnlite takes one")
+        outputs = self._rknn.inference(inputs=[feeds[spec.name] for spec in self._inputs],  # type: ignore[attr-defined]
+                                       data_format=formats.pop())
         if outputs is None:
             raise RuntimeLoadError("rknnlite inference returned None; see the RKNN log above")
         return outputs
@@ -33,10 +46,10 @@ def open_rknn(path: Path, manifest: Manifest, providers: list[str] | None = None
         from rknnlite.api import RKNNLite  # type: ignore[import-not-found]
     except ImportError:
         raise BackendUnavailable(
-            f"{path} is an RKNN model for {platform}: it runs only on that board, with rknn-toolkit-lite2 "
-            "(pip install rknn_toolkit_lite2 on the board, from Rockchip's rknn-toolkit2 release), or in the "
-            f"build's simulator: python -m stages.evaluate model={manifest.model} target={manifest.target}") from None
+            f"{path} is an RKNN model for {platform}: it runs on that board's NPU, with rknn-toolkit-lite2 "
+            f"({INSTALL}), or in the build's simulator: "
+            f"python -m stages.evaluate model={manifest.model} target={manifest.target}") from None
     rknn = RKNNLite()
     if rknn.load_rknn(str(path)) != 0 or rknn.init_runtime() != 0:
         raise RuntimeLoadError(f"rknnlite could not load or start {path} (see the RKNN log above)")
-    return RknnLiteBackend(rknn, platform)
+    return RknnLiteBackend(rknn, platform, manifest)

@@ -178,7 +178,12 @@ def _gold(cfg, layout, inputs: list[np.ndarray], threads: int) -> GoldRun:  # no
     with tempfile.TemporaryDirectory() as tmp:
         gold, outputs, rebuilt = Path(tmp) / "gold.npy", Path(tmp) / "outputs.npy", Path(tmp) / layout.artifact.name
         np.save(gold, np.concatenate(inputs))
+        from runtime.backends.rknn import data_format
+        from runtime.manifest import Manifest
+
+        layout_of_input = data_format(Manifest.read(layout.manifest).inputs[0])
         result = run_worker(cfg, layout, rebuilt, simulate={"inputs": str(gold), "outputs": str(outputs),
+                                                            "data_format": layout_of_input,
                                                             "analysis_dir": str(analysis)})
         same = hashlib.sha256(rebuilt.read_bytes()).hexdigest() == hashlib.sha256(layout.artifact.read_bytes()).hexdigest()
         logits = np.load(outputs)

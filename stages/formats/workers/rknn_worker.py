@@ -12,17 +12,20 @@ optimization_level, dataset (a dataset.txt), output (.rknn path). simulate.json,
 the export: {inputs: .npy (N x H x W x C uint8), outputs: .npy, analysis_dir}. It is a separate
 file so that the build does exactly the same work (and allocations: the compiler writes heap
 addresses into the .rknn) whether or not a simulation follows; the evaluate stage relies on that
-to check that the model it simulates is byte-identical to the artifact.
-"""
-from __future__ import annotations
+to check that the model it simulates is byte-identical to the artifact. simulate.json's
+``data_format`` (nhwc or nchw) comes from the manifest, through the rule the board's runtime uses
+(runtime/backends/rknn.py, ``data_format``).
 
+Python 3.6 grammar (no ``from __future__ import annotations``, no PEP 604/585 types): rknn-toolkit
+1.x, for RK1808, runs on Python 3.6-3.8. tests/test_runtime_python_versions.py parses it so.
+"""
 import json
 import os
 import shutil
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Optional
 
 
 class StepFailed(Exception):
@@ -57,7 +60,7 @@ def configure(rknn: object, job: dict) -> None:
                     optimization_level=job["optimization_level"])
 
 
-def run(job: dict, simulate_path: str | None) -> dict:
+def run(job: dict, simulate_path: Optional[str]) -> dict:
     import numpy as np
     from rknn.api import RKNN
 
@@ -85,7 +88,7 @@ def run(job: dict, simulate_path: str | None) -> dict:
             inputs = np.load(sim["inputs"])
             outputs = []
             for i in range(len(inputs)):
-                out = check(f"inference[{i}]", lambda: rknn.inference(inputs=[inputs[i:i + 1]], data_format="nhwc"),
+                out = check(f"inference[{i}]", lambda: rknn.inference(inputs=[inputs[i:i + 1]], data_format=sim["data_format"]),
                             steps)
                 outputs.append(np.asarray(out[0]).reshape(1, -1))
             np.save(sim["outputs"], np.concatenate(outputs))
