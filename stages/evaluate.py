@@ -19,7 +19,7 @@ from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import Layout
 from stages.core.log import console, track
-from stages.core.tasks import params_of, scoring
+from stages.core.tasks import intervals, params_of, scoring
 from stages.core.pipeline import Stage
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
@@ -119,6 +119,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         "artifact": artifact_metrics,
         "diff": {k: artifact_metrics[k] - float_metrics[k] for k in float_metrics},
         "fidelity": agree,
+        "intervals": intervals(task, reference, candidate, accepted, ids, task_params, budget.metric),
         "budget": {"metric": budget.metric, "max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
                    "max_error": budget.max_error, "drop": drop},
         "passed": not failures,

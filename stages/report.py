@@ -117,6 +117,7 @@ def build_row(root: Path, model: str, target: str, quant: str) -> dict:
         "drop": budget.get("drop") if budget.get("metric", "top1") else None,  # no metric (head pose): no drop
         "max_drop": budget.get("max_drop"),
         "agreement": (metrics.get("fidelity") or {}).get("agreement"),
+        "intervals": metrics.get("intervals") or {},
         "min_agreement": budget.get("min_agreement"),
         "cosine_mean": (metrics.get("fidelity") or {}).get("cosine_mean"),
         "error": (metrics.get("fidelity") or {}).get("error"), "max_error": budget.get("max_error"),
@@ -309,16 +310,29 @@ def latency_text(row: dict, notes: list[str]) -> str:
     return NA
 
 
-COLUMNS = ("model", "target", "quant", "format", "top-1 % float → artifact", "drop (max)", "agreement (min)",
+COLUMNS = ("model", "target", "quant", "format", "top-1 % float → artifact [95 % CI] n", "drop [95 % CI] (max)",
+           "agreement [95 % CI] (min)",
            "latency ms", "speed-up vs torch fp32", "size", "rewrites applied", "kept in float", "toolchain", "budget")
 
 
+def interval_text(measure: Optional[dict], scale: float = 1.0) -> str:
+    """' [lo, hi] n=N': a measure's 95 % interval and n (percent, or fractions with scale 0.01)."""
+    if not measure or not measure.get("ci95"):
+        return ""
+    lo, hi = (v * scale for v in measure["ci95"])
+    digits = ".3f" if scale != 1.0 else ".1f"
+    return f" [{lo:{digits}}, {hi:{digits}}] n={measure['n']}"
+
+
 def row_cells(row: dict, notes: list[str]) -> list[str]:
-    top1 = NA if row["top1"] is None else f"{_num(row['float_top1'], '.2f')} → {row['top1']:.2f}"
+    ci = row.get("intervals") or {}
+    top1 = NA if row["top1"] is None else f"{_num(row['float_top1'], '.2f')} → {row['top1']:.2f}" + interval_text(
+        (ci.get("artifact") or {}).get("top1"))
     if row["top1"] is None and row.get("error") is not None:  # no labels (head pose): the error vs float
         top1 = f"error vs float {row['error']:.2f} (≤ {_num(row.get('max_error'), 'g')})"
-    drop = NA if row["drop"] is None else f"{row['drop']:.2f} (≤ {_num(row['max_drop'], 'g')})"
-    agreement = NA if row["agreement"] is None else f"{row['agreement']:.3f} (≥ {_num(row['min_agreement'], 'g')})"
+    drop = NA if row["drop"] is None else f"{row['drop']:.2f}{interval_text(ci.get('drop'))} (≤ {_num(row['max_drop'], 'g')})"
+    agreement = NA if row["agreement"] is None else (
+        f"{row['agreement']:.3f}{interval_text(ci.get('agreement'), 0.01)} (≥ {_num(row['min_agreement'], 'g')})")
     toolchain = ", ".join(f"{k} {v}" for k, v in (row["toolchain"] or {}).items()) or NA
     return [row["model"], row["target"], row["quant"] or NA, row["format"] or NA, top1, drop, agreement,
             latency_text(row, notes), _num(row["speedup"], ".1f", "×"), size_text(row["size_bytes"]),

@@ -48,6 +48,10 @@ def test_artifact_folder_is_exactly_the_contract(built):
     host = metrics["build_host"]
     assert host["int8_arithmetic"]["machine"] and "onnxruntime" in host["int8_arithmetic"]
     assert {"artifact", "fidelity", "backend"} <= set(host) and "reference" not in host["backend"]
+    # every headline proportion has its n and 95 % interval; the drop a paired one
+    ci = metrics["intervals"]
+    assert ci["artifact"]["top1"]["n"] == 9 and ci["agreement"]["n"] == 9 and ci["drop"]["metric"] == "top1"
+    assert ci["drop"]["ci95"][0] <= metrics["budget"]["drop"] <= ci["drop"]["ci95"][1]
 
 
 def test_runtime_runs_the_artifact_like_the_build_did(built):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .metrics import classification_report, fidelity
+from .metrics import classification_report, fidelity, topk_hits
 from .registry import Registry
 
 
@@ -25,6 +25,13 @@ class TaskScoring:
     compare: Callable[[np.ndarray, np.ndarray, Sequence[str], dict], dict[str, float]]
     # gold metrics the summary tables show first (report, compare, evaluate's table)
     headline: tuple[str, ...] = ("top1",)
+    # per input, for each proportion metric: whether it is a hit, over that metric's own population
+    # (recall: the faces; false positives: the non-faces); what the 95 % intervals are computed from
+    hits: Callable[[np.ndarray, Sequence[set[int]], Sequence[str], dict], dict[str, np.ndarray]] = (
+        lambda out, accepted, ids, params: {})
+    # per input: whether the artifact's decision matches float's (what ``agreement`` is the mean of)
+    agrees: Callable[[np.ndarray, np.ndarray, Sequence[str], dict], np.ndarray] = (
+        lambda ref, cand, ids, params: ref.reshape(len(ref), -1).argmax(1) == cand.reshape(len(cand), -1).argmax(1))
 
 
 TASKS: Registry[TaskScoring] = Registry("task", "model.task")
@@ -43,7 +50,8 @@ def params_of(model: Any) -> dict:
 TASKS.register("classification")(TaskScoring(
     score=lambda out, accepted, ids, params: classification_report(out, accepted),
     compare=lambda ref, cand, ids, params: fidelity(ref, cand),
-    headline=("top1", "top5")))
+    headline=("top1", "top5"),
+    hits=lambda out, accepted, ids, params: {"top1": topk_hits(out, accepted, 1), "top5": topk_hits(out, accepted, 5)}))
 
 
 # ----------------------------------------------------------------- MTCNN stage nets
@@ -71,8 +79,21 @@ def _face_compare(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params:
     return same
 
 
+def _face_hits(out: np.ndarray, accepted: Sequence[set[int]], ids: Sequence[str], params: dict) -> dict:
+    probs = face_probabilities(out)
+    is_face = np.array([1 in acc for acc in accepted])
+    hit = probs[:, 1] >= float(params.get("threshold", 0.5))
+    return {"top1": topk_hits(probs, accepted, 1), "recall": hit[is_face], "false_positives": hit[~is_face]}
+
+
+def _face_agrees(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params: dict) -> np.ndarray:
+    threshold = float(params.get("threshold", 0.5))
+    return (face_probabilities(ref)[:, 1] >= threshold) == (face_probabilities(cand)[:, 1] >= threshold)
+
+
 TASKS.register("face_classification")(TaskScoring(_face_score, _face_compare,
-                                                  headline=("top1", "recall", "false_positives")))
+                                                  headline=("top1", "recall", "false_positives"),
+                                                  hits=_face_hits, agrees=_face_agrees))
 
 
 # ----------------------------------------------------------------- head pose (WHENet bins)
@@ -132,5 +153,26 @@ def _pose_compare(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params:
             "cosine_mean": same["cosine_mean"], "cosine_min": same["cosine_min"], "max_abs_diff": same["max_abs_diff"]}
 
 
+def _pose_agrees(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params: dict) -> np.ndarray:
+    return np.abs(_degrees(ref) - _degrees(cand)).max(1) <= float(params.get("agree_within_deg", 5.0))
+
+
 TASKS.register("head_pose")(TaskScoring(_pose_score, _pose_compare,
-                                        headline=("mirror_yaw_mae", "mirror_roll_mae", "rotation_roll_gain")))
+                                        headline=("mirror_yaw_mae", "mirror_roll_mae", "rotation_roll_gain"),
+                                        agrees=_pose_agrees))
+
+
+def intervals(task: TaskScoring, reference: np.ndarray, candidate: np.ndarray, accepted: Sequence[set[int]],
+              ids: Sequence[str], params: dict, budget_metric: str | None) -> dict:
+    """Every proportion behind a verdict with its n and 95 % interval: each gold metric of float and of
+    the artifact (Wilson), the agreement (Wilson), and the budgeted metric's drop, float minus artifact
+    on the same inputs (Newcombe's paired interval)."""
+    from .metrics import paired_difference, proportion
+
+    ref_hits, cand_hits = task.hits(reference, accepted, ids, params), task.hits(candidate, accepted, ids, params)
+    out: dict = {"float": {k: proportion(v) for k, v in ref_hits.items()},
+                 "artifact": {k: proportion(v) for k, v in cand_hits.items()},
+                 "agreement": proportion(task.agrees(reference, candidate, ids, params))}
+    if budget_metric in ref_hits:
+        out["drop"] = {"metric": budget_metric, **paired_difference(ref_hits[budget_metric], cand_hits[budget_metric])}
+    return out
