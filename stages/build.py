@@ -107,6 +107,9 @@ def build(cwd: Path, jobs: int) -> int:
     if not run.failures:
         run("repro", dvc("repro"))
     wall = time.monotonic() - started
+    from stages.core import profile
+
+    print(*profile.table_lines(cwd / "artifacts"), sep="\n")
     print(f"build: {wall / 60:.1f} min wall, {jobs} jobs side by side; per job (min): "
           + ", ".join(f"{name} {s / 60:.1f}" for name, s in sorted(run.wall.items(), key=lambda kv: -kv[1])))
     if run.failures:

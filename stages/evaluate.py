@@ -21,6 +21,7 @@ from stages.core.layout import Layout
 from stages.core.log import console, track
 from stages.core.tasks import intervals, params_of, scoring
 from stages.core.pipeline import Stage
+from stages.core.profile import phase
 from stages.formats import FORMATS, GoldRun
 from stages.quantizers import SCHEMES
 from stages.quantizers.repair import budget_failures, effective_budget
@@ -72,33 +73,38 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
 
     threads = max(1, min(cfg.target.runtime.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    samples = gold_images(cfg.model.gold)
+    with phase("gold set: load"):
+        samples = gold_images(cfg.model.gold)
     accepted = [acc for _, _, acc in samples]
     ids = [ident for ident, _, _ in samples]
     task, task_params = scoring(cfg.model.task), params_of(cfg.model)
     # The float model gets the model's preprocessing; the artifact gets what its manifest tells a
     # board to feed (for RKNN: uint8 NHWC pixels, normalized on the NPU).
     to_float, to_board = preprocess_for(cfg.model.input), Manifest.read(layout.manifest).preprocessor()
-    float_inputs = [to_float(image) for _, image, _ in samples]
-    inputs = [to_board(image) for _, image, _ in samples]
+    with phase("gold set: preprocess"):
+        float_inputs = [to_float(image) for _, image, _ in samples]
+        inputs = [to_board(image) for _, image, _ in samples]
     module = float_module(cfg.model, layout.weights)
-    with torch.no_grad():  # batched: the float model is shape-agnostic, and gold sets reach 10,000 images
+    with torch.no_grad(), phase("float model"):  # batched: gold sets reach 10,000 images
         batches = [np.concatenate(float_inputs[i:i + 250]) for i in range(0, len(float_inputs), 250)]
         reference = np.concatenate([module(torch.from_numpy(x)).numpy()
                                     for x in track(batches, "float model on the gold set")])
-    gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
-    judged, judged_by = verdict_run(cfg, layout, inputs, threads, gold)
+    with phase("artifact: build host"):
+        gold = (FORMATS.get(cfg.target.format).gold or runtime_gold)(cfg, layout, inputs, threads)
+    with phase("artifact: verdict run"):
+        judged, judged_by = verdict_run(cfg, layout, inputs, threads, gold)
     candidate = judged.outputs
 
     latency: dict = {"artifact": None, "torch_eager_fp32": None}
     if gold.timed_call is not None:  # a simulator has no latency worth pairing with PyTorch's
         x0 = torch.from_numpy(float_inputs[0])
-        with torch.no_grad():
+        with torch.no_grad(), phase("latency"):
             latency = paired_latency({"artifact": gold.timed_call, "torch_eager_fp32": lambda: module(x0)},
                                      cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
 
     # The float graph after the target's rewrites, in ONNX Runtime: what the rewrites cost, before quantization.
-    rewritten = onnxgraph.run_all(layout.rewritten, float_inputs, cfg.model.input.name)
+    with phase("rewritten float graph"):
+        rewritten = onnxgraph.run_all(layout.rewritten, float_inputs, cfg.model.input.name)
     float_metrics = task.score(reference, accepted, ids, task_params)
     artifact_metrics = task.score(candidate, accepted, ids, task_params)
     agree = task.compare(reference, candidate, ids, task_params)
@@ -137,8 +143,9 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     quantized = json.loads(layout.quantize_report.read_text())
     metrics["kept_float"] = quantized.get("kept_float", [])
     if SCHEMES.get(quantized["scheme"]).qdq:
-        layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs[:DIVERGENCE_INPUTS],
-                                  cfg.model.input.name)
+        with phase("layer divergence"):
+            layers = layer_divergence(layout.rewritten, layout.quantized, float_inputs[:DIVERGENCE_INPUTS],
+                                      cfg.model.input.name)
         write_json(layout.analysis_dir / "layer_divergence.json", layers)
         worst = sorted(layers, key=lambda r: r["cosine"])[:5]
         metrics["layer_divergence"] = {"file": str((layout.analysis_dir / "layer_divergence.json").relative_to(

@@ -747,6 +747,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     console.print(f"report: {summary_line(read_json(root / 'report.json'))}")
     for path in paths[:3]:
         console.print(f"wrote {path}")
+    from stages.core import profile
+
+    # Where the build's time went (stage timings live beside the stamps, outside the report's bytes).
+    for line in profile.table_lines(root):
+        console.print(line, markup=False)
     return 0
 
 

@@ -45,7 +45,7 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
     # The board is compared with the x86 reference semantics of its QDQ graph (no fused kernels), not with
     # this host's INT8 kernels: on x86 without VNNI those saturate 16-bit sums, which no Pi does, so
     # agreement with them measures the build host, not the artifact (both are recorded).
-    pinned = {dep for dep in meta_dependencies() if dep.startswith("onnxruntime==")}
+    pinned = {dep for dep in rootfs.requirements() if dep.startswith("onnxruntime==")}
     for r in record["results"]:
         assert r["machine"] == "aarch64", r
         assert r["top1_agreement"] >= 0.98 and r["n"] >= verify.MIN_INPUTS, r
@@ -60,19 +60,15 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
     assert "not Raspberry Pi timings" in record["note"]
 
 
-def meta_dependencies() -> list[str]:
-    import tomllib
-
-    return tomllib.loads((rootfs.PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-
-
 def test_the_board_pins_the_onnxruntime_the_build_evaluates_with():
     import tomllib
 
     meta = tomllib.loads((rootfs.PROJECT_ROOT / "pyproject.toml").read_text())
+    board = tomllib.loads((rootfs.PROJECT_ROOT / "runtime/pyproject.toml").read_text())
     build = [d for d in meta["project"]["optional-dependencies"]["build"] if d.startswith("onnxruntime")]
-    board = [d for d in meta["project"]["dependencies"] if d.startswith("onnxruntime")]
-    assert board == build and build[0].startswith("onnxruntime=="), (board, build)
+    host = [d for d in meta["project"]["dependencies"] if d.startswith("onnxruntime")]
+    pi = [d for d in board["project"]["optional-dependencies"]["onnx"] if d.startswith("onnxruntime")]
+    assert pi == host == build and build[0].startswith("onnxruntime=="), (pi, host, build)
 
 
 def test_each_emulated_cpu_describes_itself():
@@ -95,11 +91,13 @@ def test_host_int8_arithmetic_names_vnni_on_x86():
     assert parse_cpuinfo("model name\t: X\nflags\t: avx2 avx512_vnni\n") == ("X", {"avx2", "avx512_vnni"})
 
 
-def test_the_board_is_installed_from_pyproject_plus_torch_for_debian12_aarch64():
+def test_the_board_is_installed_from_the_runtime_package_plus_torch_for_debian12_aarch64():
     import tomllib
 
-    meta = tomllib.loads((rootfs.PROJECT_ROOT / "pyproject.toml").read_text())
-    assert rootfs.requirements() == [*meta["build-system"]["requires"], *meta["project"]["dependencies"], rootfs.TORCH]
+    meta = tomllib.loads((rootfs.PROJECT_ROOT / "runtime/pyproject.toml").read_text())
+    assert rootfs.requirements() == [*meta["build-system"]["requires"], *meta["project"]["dependencies"],
+                                     *meta["project"]["optional-dependencies"]["onnx"], rootfs.TORCH]
+    assert rootfs.RUNTIME_FILES == ("runtime",)  # the build code (stages/) never goes to the board
     tags = rootfs.platforms()
     assert tags[0] == "manylinux_2_36_aarch64" and {"manylinux_2_28_aarch64", "manylinux2014_aarch64"} <= set(tags)
 

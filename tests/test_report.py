@@ -279,3 +279,19 @@ def test_html_renders_in_headless_chromium(tree: Path, tmp_path: Path) -> None:
     assert seen["build_rows"] == 4 and seen["header_cells"] == 14
     assert seen["images"] == 4 and seen["rendered"] == 4, seen
     assert seen["fail_cells"] == 1
+
+
+def test_build_profile_lists_the_slowest_stage_runs(tmp_path: Path) -> None:
+    from stages.core import profile
+
+    for build, stage, wall in (("m", "train", 30.0), ("m/rpi4/int8_static", "quantize", 12.5),
+                               ("m/rpi4/int8_static", "convert", 3.0)):
+        path = tmp_path / "_build" / build / ".stamps" / f"{stage}.profile.json"
+        with profile.stage_run(stage, path):
+            pass
+        record = json.loads(path.read_text())
+        assert record["stage"] == stage and record["work_s"] >= 0 and "startup_s" in record
+        path.write_text(json.dumps({**record, "wall_s": wall}))
+    rows, total = profile.slowest(tmp_path, top=2)
+    assert [(r["stage"], r["build"]) for r in rows] == [("train", "m"), ("quantize", "m/rpi4/int8_static")]
+    assert total == 45.5 and "3 stage runs, 0.8 min" in profile.table_lines(tmp_path)[0]

@@ -74,3 +74,23 @@ def test_rknn_on_a_pc_says_where_it_runs_and_how_to_install(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "rknnlite", None)  # not importable, as on any PC
     with pytest.raises(BackendUnavailable, match=r"runs on that board's NPU.*pip install rknn-toolkit-lite2==2\.5\.0"):
         load(rknn_artifact(tmp_path))
+
+
+def test_the_runtime_wheel_holds_the_runtime_and_nothing_of_the_build(tmp_path):
+    """`pip install ./runtime[...]` on a board: numpy and Pillow only, backends as extras, no stages/."""
+    import shutil
+    import subprocess
+    import tomllib
+    import zipfile
+
+    source = tmp_path / "runtime"
+    shutil.copytree(ROOT / "runtime", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("edgebuild_runtime-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"runtime", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert "runtime/backends/rknn.py" in names and not any(n.startswith("stages") for n in names)
+    meta = tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["project"]
+    assert meta["requires-python"] == ">=3.9" and [d.split(">=")[0] for d in meta["dependencies"]] == ["numpy", "pillow"]
+    assert {"onnx", "rknn", "torch", "apps"} <= set(meta["optional-dependencies"])

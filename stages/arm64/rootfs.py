@@ -1,5 +1,6 @@
 """An arm64 Debian 12 userland under qemu-user, with the runtime installed the way a Pi user
-installs it (`pip install .` of this project, plus torch), cached outside the checkout.
+installs it (`pip install ./runtime[onnx]`, the runtime's own package, plus torch for `.pt`),
+cached outside the checkout.
 
 Recipe (../shared/FACTS.md): debootstrap --foreign with python3-venv included (the host resolves
 and downloads the Debian packages; no emulated apt), qemu-aarch64-static copied in, second stage
@@ -36,8 +37,11 @@ TORCH = "torch==2.9.1"  # the .pt backend: a CPU-only aarch64 wheel (FACTS.md); 
 QEMU = "/usr/bin/qemu-aarch64-static"
 VENV = "/opt/edgebuild/venv"
 WHEELS = "/opt/edgebuild/wheels"  # the wheelhouse, bind-mounted read-only while pip installs
-# What the venv is built from: a change here or in the runtime's files reinstalls the project.
-RUNTIME_FILES = ("pyproject.toml", "runtime")
+# What the venv is built from (the runtime's own package, runtime/pyproject.toml): a change there
+# reinstalls it. The board gets the runtime and nothing of the build (stages/).
+RUNTIME_FILES = ("runtime",)
+RUNTIME_PROJECT = "runtime/pyproject.toml"
+EXTRAS = ("onnx",)  # the backends a Pi uses, from the runtime's extras; torch (TORCH) for `.pt`
 # /proc/cpuinfo as each Pi's CPU reports it (qemu 7.2 would show the host's x86 one, on which
 # onnxruntime's cpuinfo library crashes): a Pi 4's BCM2711 Cortex-A72 r0p3 (no crypto, no dot product)
 # and a Pi 5's BCM2712 Cortex-A76 r4p1 (dot product: asimddp). qemu's cortex-a72/-a76 models report
@@ -104,10 +108,11 @@ def _digest(*parts: bytes) -> str:
 
 
 def requirements() -> list[str]:
-    """What the board's `pip install . torch` needs: the runtime's dependencies and build backend
-    (pyproject.toml), and torch for the `.pt` backend."""
-    meta = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
-    return [*meta["build-system"]["requires"], *meta["project"]["dependencies"], TORCH]
+    """What the board's `pip install ./runtime[onnx] torch` needs: the runtime package's build backend,
+    dependencies and the extras a Pi uses (runtime/pyproject.toml), and torch for the `.pt` backend."""
+    meta = tomllib.loads((PROJECT_ROOT / RUNTIME_PROJECT).read_text())
+    extras = [dep for name in EXTRAS for dep in meta["project"]["optional-dependencies"][name]]
+    return [*meta["build-system"]["requires"], *meta["project"]["dependencies"], *extras, TORCH]
 
 
 def platforms() -> list[str]:
@@ -206,18 +211,17 @@ def ensure_venv(root: Path, wheelhouse: Path) -> tuple[str, bool]:
             shutil.copytree(source, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, src / name)
-    (src / "stages").mkdir()  # pyproject packages `stages*` too; a board needs only the runtime
-    (src / "README.md").write_text("edgebuild runtime\n")
     wheels = root / WHEELS.lstrip("/")
     wheels.mkdir(parents=True, exist_ok=True)
     with mounted(root), _bind(wheelhouse, wheels, readonly=True):
         if not (root / VENV.lstrip("/") / "bin/python").exists():
             chroot(root, ["python3", "-m", "venv", VENV])
-        # The README's `pip install .` (and torch), offline from the host-downloaded wheels. No .pyc
+        # The README's `pip install ./runtime[onnx]` (and torch), offline from the host-downloaded wheels. No .pyc
         # for every file (under emulation, minutes for torch's tree): importing what the worker
         # imports writes the .pyc it needs (and checks the install), once, here.
         chroot(root, [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                      "--no-index", f"--find-links={WHEELS}", "--no-compile", "/opt/edgebuild/src", TORCH],
+                      "--no-index", f"--find-links={WHEELS}", "--no-compile",
+                      f"/opt/edgebuild/src/runtime[{','.join(EXTRAS)}]", TORCH],
                timeout=1800)
         chroot(root, [f"{VENV}/bin/python", "-c", WARM_IMPORTS], timeout=900, cpu="cortex-a72")
     stamp.write_text(digest + "\n")

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from runtime.errors import RuntimeLoadError
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import PROJECT_ROOT, Layout
@@ -202,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             console.print("arm64 userland ready: " + ", ".join(f"{k} {v}" for k, v in timing.items()))
             return 0
         record = verify(plan, args.max_inputs)
-    except BuildError as exc:
+    except (BuildError, RuntimeLoadError) as exc:  # a missing or corrupt artifact is the user's to fix
         return user_error("stage 'arm64'", exc)
     write_json(args.out, record)
     for r in record["results"]:

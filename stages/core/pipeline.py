@@ -108,13 +108,21 @@ def is_fresh(stage: Stage, cfg: Config, layout: Layout) -> bool:
 
 
 def execute(stage: Stage, cfg: Config, layout: Layout) -> Any:
-    """Run one stage and record what it was computed from."""
+    """Run one stage and record what it was computed from, and how long it took (``profile``)."""
+    from . import profile
+
     for out in stage.outs(layout):  # temp files of a run that was killed before it could clean up
         for partial in out.parent.glob(f".{out.name}.*.tmp"):
             partial.unlink()
-    result = stage.run(cfg, layout)
+    with profile.stage_run(stage.name, profile_path(stage, layout)):
+        result = stage.run(cfg, layout)
     write_json(stage.stamp_path(layout), fingerprint(stage, cfg, layout))
     return result
+
+
+def profile_path(stage: Stage, layout: Layout) -> Path:
+    """Beside the stamp, under the DVC-ignored .stamps/: timings never touch a stage's outputs."""
+    return stage.stamp_path(layout).with_name(f"{stage.name}.profile.json")
 
 
 def ensure_upstream(stage: Stage, cfg: Config, layout: Layout) -> list[str]:
