@@ -1,4 +1,7 @@
-"""python -m runtime ARTIFACT IMAGE: the model's answer (top-5 classes; yaw/pitch/roll for head pose) and latency."""
+"""python -m runtime ARTIFACT IMAGE: the model's answer (top-5 classes; yaw/pitch/roll for head pose) and latency.
+
+python -m runtime verify ARTIFACT_DIR: the artifact proved on this device against its build (runtime/verify.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +29,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        from .verify import main as verify_main
+
+        return verify_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
     parser.add_argument("artifact", help="model.<ext> with its manifest.json beside it")
     parser.add_argument("image", help="an image file (any format Pillow reads)")

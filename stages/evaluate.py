@@ -28,7 +28,31 @@ from stages.quantizers.repair import budget_failures, effective_budget
 
 
 PER_IMAGE_ALL = 100  # larger gold sets list only the inputs where float and artifact disagree
+GOLDEN_INPUTS = 32  # gold inputs in golden.npz, for `python -m runtime verify` on the board
 DIVERGENCE_INPUTS = 64  # per-layer statistics settle long before 10,000 inputs
+
+
+def golden_file(cfg: Config, layout: Layout, inputs: list[np.ndarray], judged: GoldRun, host: GoldRun,
+                judged_by: str) -> dict:
+    """golden.npz beside the artifact: the first gold inputs in the artifact's own input format, the
+    outputs the verdict was judged on, and the tolerance a board's run must meet. The tolerance is
+    derived from the two executions the build has (the verdict's and this host's kernels, when they
+    differ): twice their largest difference, and at least 2 % of the outputs' range."""
+    import hashlib
+    import json as _json
+
+    from stages.core.fileio import write_npz
+
+    n = min(GOLDEN_INPUTS, len(inputs))
+    expected = judged.outputs[:n]
+    spread = float(np.abs(expected.astype(np.float64) - host.outputs[:n]).max()) if host is not judged else 0.0
+    atol = max(2.0 * spread, 0.02 * float(np.abs(expected).max()), 1e-6)
+    meta = {"verdict_from": judged_by, "atol": atol, "atol_rule": "max(2 x |verdict - build host|, 2 % of range)",
+            "task": cfg.model.task.value, **{k: v for k, v in dict(cfg.model.task_params).items()
+                                             if isinstance(v, (int, float, str))}}
+    write_npz(layout.golden, {"inputs": np.stack(inputs[:n]), "outputs": expected, "meta": np.array(_json.dumps(meta))})
+    return {"file": layout.golden.name, "sha256": hashlib.sha256(layout.golden.read_bytes()).hexdigest(), "n": n,
+            "atol": atol}
 
 
 def per_image(samples: list, reference: np.ndarray, candidate: np.ndarray) -> list[dict]:
@@ -137,6 +161,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         "speedup": latency["torch_eager_fp32"] / latency["artifact"] if latency["artifact"] else None,
         "size_bytes": layout.artifact.stat().st_size,
         "per_image": per_image(samples, reference, candidate),
+        "golden": golden_file(cfg, layout, inputs, judged, gold, judged_by),
         **({"analysis": gold.extra} if gold.extra else {}),
     }
     layout.analysis_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +216,7 @@ STAGE = Stage(
             "target.budget", "model.budget", "quant.budget", "target.benchmark", "target.runtime"),
     needs=("convert",),
     deps=lambda L: [L.weights, L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
-    outs=lambda L: [L.metrics, L.analysis_dir],
+    outs=lambda L: [L.metrics, L.golden, L.analysis_dir],
     run=evaluate,
     doc="gold check + latency + budget",
     code=("runtime", "stages/formats", "stages/quantizers", "stages/rewrites/modules.py", "stages/zoo"),

@@ -214,7 +214,16 @@ def build_report(root: Path) -> dict:
 # ---------------------------------------------------------------- formatting (shared by markdown and HTML)
 ARM64_COLUMNS = ("build", "emulated CPU", "n", "max abs diff vs x86 reference", "top-1 agreement vs x86 reference",
                  "agreement vs x86 host kernels", "top-1 % x86 reference → arm64", "arm64 backend",
-                 "emulated ms/input")
+                 "runtime verify on arm64", "emulated ms/input")
+
+
+def verify_text(result: Optional[dict]) -> str:
+    """A `runtime verify` result in one cell: PASS/FAIL, and on how many golden inputs."""
+    if not result:
+        return NA
+    golden = result.get("golden") or {}
+    verdict = "PASS" if result.get("passed") else "FAIL: " + "; ".join(result.get("failures", [])[:2])
+    return f"{verdict} ({golden.get('n', '?')} of {golden.get('of', '?')} golden)" if golden else verdict
 
 
 def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
@@ -228,7 +237,7 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
              f"{r['host_x86']['top1_agreement']:.3f}" if r.get("host_x86") else NA,
              NA if r["top1_x86"] is None else f"{r['top1_x86']:.1f} → {r['top1_arm64']:.1f}",
              r["backend_arm64"] + (f" ({r['backend_version_arm64']})" if r.get("backend_version_arm64") else ""),
-             f"{r['emulated_ms_per_input']:.1f}"] for r in arm64["results"]]
+             verify_text(r.get("verify")), f"{r['emulated_ms_per_input']:.1f}"] for r in arm64["results"]]
     host = arm64.get("host_x86") or {}
     isa = (f" This host: {host.get('cpu', '?')}, {'with' if host.get('vnni') else 'without'} VNNI, onnxruntime "
            f"{host.get('onnxruntime', '?')}." if host else "")

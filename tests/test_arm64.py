@@ -50,6 +50,8 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
         assert r["machine"] == "aarch64", r
         assert r["top1_agreement"] >= 0.98 and r["n"] >= verify.MIN_INPUTS, r
         assert "host_x86" in r and 0.0 <= r["host_x86"]["top1_agreement"] <= 1.0, r
+        # `runtime verify`, what a Pi user runs, passed on the emulated CPU against the build's golden outputs
+        assert r["verify"]["passed"] and r["verify"]["golden"]["n"] >= verify.MIN_INPUTS, r["verify"]
         if r["quant"] != "torch_int8":
             assert "reference semantics" in r["reference_x86"], r
             # the board runs the onnxruntime the build evaluated with

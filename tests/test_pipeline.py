@@ -29,7 +29,7 @@ def status(repo: Path) -> set[str]:
 
 def test_artifact_folder_is_exactly_the_contract(built):
     folder = built / ART
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "metrics.json", "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["golden.npz", "manifest.json", "metrics.json", "model.onnx"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and manifest["quant"] == "int8_static"
     assert manifest["inputs"][0]["shape"] == [1, 3, 224, 224] and manifest["inputs"][0]["layout"] == "NCHW"
@@ -286,3 +286,48 @@ def test_torchscript_backend_runs_a_traced_model_through_load(built, tmp_path):
 
     reference = ort.InferenceSession(str(built / "artifacts/_build/mobilenet_v2/simplified.onnx")).run(None, {"input": x})[0]
     np.testing.assert_allclose(session.run(x), reference, atol=1e-3)
+
+
+# --- python -m runtime verify: the board-side twin of the gold check ----------------------------
+
+def verify(folder: Path, *extra: str):
+    return run([sys.executable, "-m", "runtime", "verify", str(folder), "--runs", "5", "--warmup", "2", *extra],
+               ROOT, check=False)
+
+
+def test_verify_passes_every_build_that_runs_on_this_host(built):
+    import yaml
+
+    plan = yaml.safe_load((built / "conf/builds.yaml").read_text())
+    for key, item in plan["builds"].items():
+        folder = built / "artifacts" / item["model"] / item["target"] / item["quant"]
+        proc = verify(folder)
+        if item["artifact"].endswith(".rknn"):  # runs on the board or in the build's simulator only
+            assert proc.returncode == 3 and "rknn-toolkit-lite2" in proc.stderr, (key, proc.stderr[-800:])
+            continue
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("PASS"), (key, proc.stdout[-1500:], proc.stderr[-800:])
+        record = json.loads((folder / "verify.json").read_text())
+        assert record["passed"] and record["golden"]["n"] >= 4 and {"p50", "p90", "p99"} <= set(record["latency_ms"])
+        assert record["backend_version"]["same"], record["backend_version"]
+        (folder / "verify.json").unlink()  # the artifact folder stays the build's
+
+
+def test_verify_fails_naming_the_input_when_a_golden_output_moves(built, tmp_path):
+    folder = tmp_path / "a"
+    shutil.copytree(built / ART, folder)
+    with np.load(folder / "golden.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["outputs"][3, 0] += 3 * meta["atol"]
+    from stages.core.fileio import sha256_file, write_npz
+
+    write_npz(folder / "golden.npz", arrays)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["golden"]["sha256"] = sha256_file(folder / "golden.npz")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    proc = verify(folder)
+    assert proc.returncode == 1 and proc.stdout.strip().endswith("FAIL")
+    assert "golden input 3: max |output - expected|" in proc.stdout
+    (folder / "golden.npz").write_bytes(b"corrupt")
+    proc = verify(folder)
+    assert proc.returncode == 2 and "does not match the sha256" in proc.stderr

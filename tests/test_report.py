@@ -231,6 +231,7 @@ def test_arm64_section_shows_the_check_or_why_it_did_not_run(tree: Path) -> None
     write_report(tree)
     md, page = (tree / "report.md").read_text(), (tree / "report.html").read_text()
     assert "| mobilenet_v2-rpi4-int8_static | cortex-a76 | 9 | 0.00e+00 | 1.000 | n/a | 88.9 → 88.9 |" in md
+    assert "| n/a | 412.0 |" in md  # no `runtime verify` result recorded in this row
     assert "not Raspberry Pi timings" in md and "cortex-a76" in page
 
 

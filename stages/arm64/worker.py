@@ -1,5 +1,7 @@
 """Runs inside the arm64 userland, with the board's venv: artifacts on saved inputs, through the
-runtime a Pi installs. Imports numpy and runtime only (what `pip install .` gave the board).
+runtime a Pi installs, then `runtime verify` on each artifact folder (what a user runs on a Pi: the
+same function as `python -m runtime verify`, in this one emulated interpreter). Imports numpy and
+runtime only (what `pip install ./runtime[onnx]` gave the board).
 
     python worker.py jobs.json    # [{"artifact": ..., "inputs": ....npy, "outputs": ....npy, "budget_s": 6}, ...]
 
@@ -16,10 +18,12 @@ import platform
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
 from runtime import load
+from runtime.verify import verify
 
 
 def run(job: dict) -> dict:
@@ -35,9 +39,13 @@ def run(job: dict) -> dict:
     emulated_ms = 1e3 * (time.perf_counter() - start) / len(results)
     np.save(job["outputs"], np.concatenate(results))
     package = "torch" if session.manifest.format == "torchscript" else "onnxruntime"
+    try:  # as many golden inputs as the budget allowed above, a few timed runs (emulated: not Pi timings)
+        checked = verify(Path(job["artifact"]).parent, runs=3, warmup=1, max_inputs=len(results))
+    except Exception as exc:  # noqa: BLE001 - reported, and the test fails on it
+        checked = {"passed": False, "failures": [f"verify raised {type(exc).__name__}: {exc}"]}
     return {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
             "backend_version": f"{package} {metadata.version(package)}",
-            "emulated_ms_per_input": emulated_ms, "n": len(results)}
+            "emulated_ms_per_input": emulated_ms, "n": len(results), "verify": checked}
 
 
 if __name__ == "__main__":

@@ -120,3 +120,8 @@ class Layout:
     @property
     def metrics(self) -> Path:
         return self.artifact_dir / "metrics.json"
+
+    @property
+    def golden(self) -> Path:
+        """Golden inputs and the outputs the build judged the artifact by: `python -m runtime verify` reads it."""
+        return self.artifact_dir / "golden.npz"
