@@ -192,8 +192,10 @@ def divergence_entry(root: Path, model: str, target: str, quant: str) -> Optiona
             "worst": {"tensor": worst.get("tensor"), "cosine": worst["cosine"]}}
 
 
-def build_report(root: Path) -> dict:
+def build_report(root: Path, board_dir: Optional[Path] = None) -> dict:
     """Everything the report shows, as plain data (report.json is exactly this)."""
+    from stages import board_results
+
     root = Path(root)
     builds, not_built, divergence = [], [], []
     for model, target, quant in build_keys(root):
@@ -208,7 +210,8 @@ def build_report(root: Path) -> dict:
     training = [t for t in (training_entry(root, m) for m in _subdirs(root / "_build")) if t]
     notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]})
     return {"builds": builds, "not_built": not_built, "training": training, "divergence": divergence,
-            "latency_notes": notes, "arm64": read_json(root / "arm64.json"), "faces": read_json(root / "faces.json")}
+            "latency_notes": notes, "arm64": read_json(root / "arm64.json"), "faces": read_json(root / "faces.json"),
+            **({"boards": board_results.read(board_dir)} if board_dir else {})}
 
 
 # ---------------------------------------------------------------- formatting (shared by markdown and HTML)
@@ -245,6 +248,9 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
             "same artifact on this x86 host: its reference semantics (QDQ as written, no fused kernels), and this "
             f"host's own INT8 kernels.{isa} {arm64['note']}.", rows)
 
+
+BOARDS_LINE = ("Each row is a `python -m runtime verify` run on a board, against the golden outputs its build "
+               "recorded: the board, its backend and the version the build verified with, and latency measured there.")
 
 FACES_COLUMNS = ("detector", "lfw recall % float → artifact", "lfw false positives (of non-faces)",
                  "photos: face found (float / artifact)", "photo IoU artifact vs float", "tracking fps (this CPU)",
@@ -592,6 +598,12 @@ def render_markdown(report: dict, images: dict[str, bytes]) -> str:
                 md_table(FACES_COLUMNS, faces_rows(report.get("faces"))), ""]
     line, rows = arm64_lines(report.get("arm64"))
     out += ["## On arm64 (emulated Raspberry Pi CPUs)", "", line, ""] + ([md_table(ARM64_COLUMNS, rows), ""] if rows else [])
+    if report.get("boards") is not None:
+        from stages import board_results
+
+        out += ["## On real boards (`python -m runtime verify`)", "", BOARDS_LINE, ""]
+        out += [md_table(board_results.COLUMNS, board_results.rows(report["boards"])), ""] if report["boards"] else [
+            "No verify.json found in the folder given.", ""]
     out += ["## Not built here", ""]
     if report["not_built"]:
         out += [md_table(("model", "target / quant", "format", "reason"),
@@ -694,6 +706,11 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     out += ["<h2>On arm64 (emulated Raspberry Pi CPUs)</h2>", f"<p>{esc(line)}</p>"]
     if rows:
         out.append(html_table(ARM64_COLUMNS, rows))
+    if report.get("boards"):
+        from stages import board_results
+
+        out += ["<h2>On real boards (python -m runtime verify)</h2>", f"<p>{esc(BOARDS_LINE)}</p>",
+                html_table(board_results.COLUMNS, board_results.rows(report["boards"]))]
     out.append("<h2>Not built here</h2>")
     if report["not_built"]:
         out.append(html_table(("model", "target / quant", "format", "reason"),
@@ -722,10 +739,10 @@ def plot_tables(report: dict) -> dict[str, str]:
     return tables
 
 
-def write_report(root: Path) -> list[Path]:
+def write_report(root: Path, board_dir: Optional[Path] = None) -> list[Path]:
     """Write report.md, report.html, report.json, report/*.svg and report/*.csv under ``root``; return the paths."""
     root = Path(root)
-    report = build_report(root)
+    report = build_report(root, board_dir)
     for name, text in plot_tables(report).items():
         write_text(root / IMAGE_DIR / name, text)
     images = render_images(report)
@@ -747,12 +764,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", default="artifacts", help="artifact root (relative: to the project)")
+    parser.add_argument("--board-results", type=Path, default=None,
+                        help="a folder of verify.json files from real boards (`python -m runtime verify`), "
+                             "shown beside the build's numbers")
     args = parser.parse_args(argv)
     root = Path(args.artifacts)
     root = root if root.is_absolute() else PROJECT_ROOT / root
     if not root.is_dir():
         return user_error("report", f"no artifact folder at {root}")
-    paths = write_report(root)
+    if args.board_results is not None and not args.board_results.is_dir():
+        return user_error("report", f"--board-results {args.board_results} is not a folder")
+    paths = write_report(root, args.board_results)
     console.print(f"report: {summary_line(read_json(root / 'report.json'))}")
     for path in paths[:3]:
         console.print(f"wrote {path}")

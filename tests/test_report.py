@@ -296,3 +296,22 @@ def test_build_profile_lists_the_slowest_stage_runs(tmp_path: Path) -> None:
     rows, total = profile.slowest(tmp_path, top=2)
     assert [(r["stage"], r["build"]) for r in rows] == [("train", "m"), ("quantize", "m/rpi4/int8_static")]
     assert total == 45.5 and "3 stage runs, 0.8 min" in profile.table_lines(tmp_path)[0]
+
+
+def test_board_results_are_merged_beside_the_build(tree: Path, tmp_path: Path) -> None:
+    """A verify.json as `python -m runtime verify` writes it (here: the shape the emulated Cortex-A76 run gives)."""
+    boards = tmp_path / "boards" / "pi5"
+    boards.mkdir(parents=True)
+    (boards / "verify.json").write_text(json.dumps({
+        "model": "mobilenet_v2", "target": "rpi4", "quant": "int8_static", "format": "onnx",
+        "board": {"machine": "aarch64", "cpu": "CPU part: 0xd0b", "python": "3.11.2"},
+        "backend": "onnxruntime:CPUExecutionProvider",
+        "backend_version": {"package": "onnxruntime", "here": "1.31.1", "built": "1.31.1", "same": True},
+        "golden": {"n": 9, "of": 9}, "fidelity": {"n": 9, "max_abs_diff": 0.05, "agreement": 1.0, "atol": 0.4},
+        "latency_ms": {"p50": 21.0, "p90": 22.5, "p99": 30.1, "runs": 50, "warmup": 10, "threads": 4},
+        "passed": True, "failures": []}))
+    assert main(["--artifacts", str(tree), "--board-results", str(tmp_path / "boards")]) == 0
+    md = (tree / "report.md").read_text()
+    assert "## On real boards" in md and "| mobilenet_v2/rpi4/int8_static | aarch64, CPU part: 0xd0b |" in md
+    assert "onnxruntime 1.31.1 (1.31.1)" in md and "21.00 / 22.50 / 30.10 | PASS |" in md
+    assert main(["--artifacts", str(tree), "--board-results", str(tmp_path / "nowhere")]) == 2
