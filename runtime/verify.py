@@ -65,6 +65,11 @@ def decisions(task: str, outputs: np.ndarray, meta: dict) -> np.ndarray:
         face = flat.reshape(len(flat), outputs.shape[1], -1)[:, -1].max(1) if outputs.ndim == 4 else flat[:, -1]
         threshold = float(meta.get("threshold", 0.5))
         return np.stack([face >= threshold, np.abs(face - threshold) > tol], 1)
+    if task == "face_detection":  # [N, anchors, values], score logit last: a face where the best anchor passes
+        best = outputs.reshape(len(outputs), -1, outputs.shape[-1])[..., -1].max(1)
+        p = float(meta.get("threshold", 0.5))
+        cut = float(np.log(p / (1.0 - p)))
+        return np.stack([best >= cut, np.abs(best - cut) > tol], 1)
     if task == "head_pose":
         return np.stack([np.zeros(len(flat), bool), np.zeros(len(flat), bool)], 1)  # judged by angles below
     top2 = np.sort(flat, 1)[:, -2:]

