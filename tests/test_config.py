@@ -96,3 +96,20 @@ def test_every_shipped_model_and_target_passes_the_value_rules():
 def test_error_text_is_printed_literally_not_as_rich_markup(tmp_path, override, shown):
     proc = run([sys.executable, "-m", "stages.trace", override], ROOT, check=False)
     assert proc.returncode == 2 and shown in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_upstream_false_names_the_missing_inputs_and_the_command(tmp_path):
+    proc = run([sys.executable, "-m", "stages.quantize", "model=fashion_cnn_npu", "upstream=false",
+                f"artifacts={tmp_path}"], ROOT, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "the input(s) of quantize are missing" in proc.stderr and "rewritten.onnx" in proc.stderr
+    assert "python -m stages.quantize model=fashion_cnn_npu target=rpi4 quant=int8_static" in proc.stderr
+
+
+def test_a_conf_file_that_is_not_utf8_is_named(tmp_path):
+    from stages.core.cli import check_yaml_syntax
+
+    (tmp_path / "conf" / "target").mkdir(parents=True)
+    (tmp_path / "conf" / "target" / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(BuildError, match=r"conf/target/latin1.yaml is not UTF-8 text"):
+        check_yaml_syntax(tmp_path / "conf")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from runtime import InputSpecError, RuntimeLoadError, load
-from runtime.manifest import Manifest, seal_manifest
+from runtime.manifest import Manifest, seal_manifest, sha256_of
 from runtime.preprocess import Preprocess, load_image
 from test_runtime_reference import artifact
 
@@ -156,3 +156,43 @@ def test_fuzzed_artifacts_and_manifests_give_only_project_errors(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cases"] == 600 and summary["other_exceptions"] == [], summary
     assert summary["project_errors"] + summary["loaded"] == 600
+
+
+def test_onpu_headers_are_validated(tmp_path):
+    import zipfile
+
+    from runtime.backends.onpu import read_container
+    from test_format_onpu import build_onpu
+
+    good = build_onpu(tmp_path)
+    with zipfile.ZipFile(good) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = json.loads(members["onpu.json"])
+
+    def variant(name: str, onpu_json: bytes) -> Path:
+        path = tmp_path / f"{name}.onpu"
+        with zipfile.ZipFile(path, "w") as zf:
+            for member, data in {**members, "onpu.json": onpu_json}.items():
+                zf.writestr(member, data)
+        return path
+
+    for name, text, message in (
+            ("latin1", b"\xff\xfe{}", "not UTF-8"),
+            ("nopartition", json.dumps({k: v for k, v in header.items() if k != "partition"}).encode(), "lacks 'partition'"),
+            ("nohashes", json.dumps({**header, "members": {}}).encode(), "do not cover the container's members"),
+            ("list", b"[]", "unsupported onpu header")):
+        with pytest.raises(RuntimeLoadError, match=message):
+            read_container(variant(name, text))
+
+
+def test_a_torchscript_file_that_is_not_one_is_a_load_error(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 not an archive")
+    manifest = {"schema": 1, "format": "torchscript", "artifact": "model.pt", "sha256": sha256_of(path), "model": "m",
+                "target": "rpi4_torch", "quant": "torch_int8", "task": "classification",
+                "inputs": [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32", "layout": "NCHW"}],
+                "outputs": [{"name": "y", "shape": [1, 4], "dtype": "float32"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    with pytest.raises(RuntimeLoadError, match="could not load .* as TorchScript"):
+        load(path)

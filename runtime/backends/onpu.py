@@ -23,14 +23,25 @@ def read_container(path: Path) -> tuple[dict, dict[str, bytes]]:
     except (zipfile.BadZipFile, OSError) as exc:
         raise RuntimeLoadError(f"{path} is not a readable .onpu container ({exc}); rebuild it") from None
     try:
-        header = json.loads(members.pop("onpu.json"))
-    except (KeyError, json.JSONDecodeError):
-        raise RuntimeLoadError(f"{path} has no valid onpu.json header; rebuild it") from None
-    if header.get("format") != "onpu" or header.get("version") != 1:
-        raise RuntimeLoadError(f"{path}: unsupported onpu header {header.get('format')!r} v{header.get('version')}")
-    for name, digest in header.get("members", {}).items():
-        if name not in members or hashlib.sha256(members[name]).hexdigest() != digest:
-            raise RuntimeLoadError(f"{path}: member {name!r} is missing or corrupt; rebuild the artifact")
+        header = json.loads(members.pop("onpu.json").decode("utf-8"))
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
+        raise RuntimeLoadError(f"{path} has no valid onpu.json header (missing, not UTF-8 or not JSON); rebuild it") from None
+    if not isinstance(header, dict) or header.get("format") != "onpu" or header.get("version") != 1:
+        found = (header.get("format"), header.get("version")) if isinstance(header, dict) else type(header).__name__
+        raise RuntimeLoadError(f"{path}: unsupported onpu header {found!r}; this runtime reads onpu v1")
+    hashes = header.get("members")
+    # Every member is covered by a hash: an empty or partial table would switch the check off.
+    if not isinstance(hashes, dict) or set(hashes) != set(members):
+        raise RuntimeLoadError(f"{path}: onpu.json's member hashes {sorted(hashes) if isinstance(hashes, dict) else hashes!r} "
+                               f"do not cover the container's members {sorted(members)}; rebuild the artifact")
+    for name, digest in hashes.items():
+        if hashlib.sha256(members[name]).hexdigest() != digest:
+            raise RuntimeLoadError(f"{path}: member {name!r} is corrupt; rebuild the artifact")
+    for key, kind in (("partition", dict), ("execution_provider", str)):
+        if not isinstance(header.get(key), kind):
+            raise RuntimeLoadError(f"{path}: onpu.json lacks {key!r} ({kind.__name__}); rebuild the artifact")
+    if "model.onnx" not in members:
+        raise RuntimeLoadError(f"{path}: the container has no model.onnx; rebuild the artifact")
     return header, members
 
 

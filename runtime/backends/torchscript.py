@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, RuntimeLoadError
 from ..manifest import Manifest
 
 
@@ -37,5 +37,10 @@ def open_torchscript(path: Path, manifest: Manifest, providers: list[str] | None
                                      f"{torch.backends.quantized.supported_engines}")
         torch.backends.quantized.engine = engine
     torch.set_num_threads(manifest.threads(threads))
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    manifest.check_backend_version("torch", torch.__version__.split("+")[0])
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as exc:  # torch raises RuntimeError for a bad archive
+        raise RuntimeLoadError(f"torch could not load {path} as TorchScript ({str(exc).strip().splitlines()[0]}); "
+                               "rebuild it or copy it again with its manifest") from None
     return TorchScriptBackend(module, torch, engine or "fp32")

@@ -74,6 +74,8 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
         layout = layout_for(cfg)
         if cfg.upstream:
             ensure_upstream(stage, cfg, layout)
+        else:
+            require_inputs(stage, cfg, layout)
         console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target}/{layout.quant})")
         execute(stage, cfg, layout)
     except BuildError as exc:
@@ -89,6 +91,20 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
         console.print_exception()
         _record_failure(f"{stage.name} {' '.join(_overrides())}: internal error, "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def require_inputs(stage: Stage, cfg: Config, layout: Layout) -> None:
+    """With upstream=false nothing is rebuilt: every input must already exist; name what is missing and
+    the command that builds it."""
+    missing = [p for p in stage.deps(layout) if not p.exists()]
+    if missing:
+        where = ", ".join(str(p.relative_to(layout.root.parent)) if p.is_relative_to(layout.root.parent) else str(p)
+                          for p in missing)
+        selector = f"model={cfg.model.name}" + ("" if stage.scope == "model" else
+                                                f" target={cfg.target.name} quant={cfg.quant.name}")
+        raise BuildError(f"upstream=false, and the input(s) of {stage.name} are missing: {where}",
+                         hint=f"build them first: `python -m stages.{stage.name} {selector}` (upstream=true, the "
+                              "default), or `dvc repro`")
 
 
 def _overrides() -> list[str]:
@@ -133,7 +149,10 @@ def check_yaml_syntax(conf_dir: Path = CONF_DIR) -> None:
 
     for path in sorted(conf_dir.rglob("*.yaml")):
         try:
-            yaml.safe_load(path.read_text())
+            yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BuildError(f"{path.relative_to(conf_dir.parent)} is not UTF-8 text (byte {exc.start})",
+                             hint="save it as UTF-8") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
