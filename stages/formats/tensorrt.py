@@ -61,13 +61,20 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
     settings = _settings(cfg)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(explicit_batch_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(layout.quantized.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT could not parse {layout.quantized}: {errors}",
                          hint="check the node named above; a rewrite may be needed for this TensorRT version")
     config = builder.create_builder_config()
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+    if dynamic:  # one profile at the model's own input shape (free dims: the size the build used)
+        profile = builder.create_optimization_profile()
+        for tensor in dynamic:
+            shape = tuple(cfg.model.input.shape)
+            profile.set_shape(tensor.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mb"] << 20)
     if settings["fp16"]:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -86,11 +93,24 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
     return {"tensorrt": {"version": trt.__version__, "gpu": _gpu_name(), **settings}}
 
 
+def explicit_batch_flags(trt) -> int:  # noqa: ANN001
+    """TensorRT 8.x's ONNX parser needs an explicit-batch network (flag 0 is implicit batch, which it
+    rejects); from 10.0 explicit batch is the only kind and the flag is deprecated."""
+    if int(trt.__version__.split(".")[0]) >= 10:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+
+
 def _gpu_name() -> str:
-    import torch
+    """From the CUDA runtime (cuda-python), as the runtime backend does: no PyTorch on a Jetson needed."""
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unknown"
+        from runtime.backends.tensorrt import gpu_name
+    except ImportError:
+        return "unknown (cuda-python not installed)"
+    return gpu_name(cudart)
 
 
-FORMATS.register("tensorrt")(Format("engine", _build, ("torch", "onnx", "onnxruntime", "tensorrt"),
+FORMATS.register("tensorrt")(Format("engine", _build, ("torch", "onnx", "onnxruntime", "tensorrt", "cuda-python"),
                                     prepare=_prepare, unavailable=_unavailable))
