@@ -51,7 +51,9 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
         assert r["top1_agreement"] >= 0.98 and r["n"] >= verify.MIN_INPUTS, r
         assert "host_x86" in r and 0.0 <= r["host_x86"]["top1_agreement"] <= 1.0, r
         # `runtime verify`, what a Pi user runs, passed on the emulated CPU against the build's golden outputs
-        assert r["verify"]["passed"] and r["verify"]["golden"]["n"] >= verify.MIN_INPUTS, r["verify"]
+        assert r["verify"]["passed"] and r["verify"]["exit_code"] == 0, r["verify"]
+        assert r["verify"]["golden"]["n"] >= verify.MIN_INPUTS and r["verify"]["board"]["machine"] == "aarch64"
+        assert r["build_code_on_board"] == [], r  # `pip install ./runtime[onnx]`: no stages, hydra, dvc
         if r["quant"] != "torch_int8":
             assert "reference semantics" in r["reference_x86"], r
             # the board runs the onnxruntime the build evaluated with
@@ -129,3 +131,26 @@ def test_the_second_stage_reads_only_the_downloaded_packages_and_the_index_comes
     with rootfs._only_downloaded_packages(tmp_path):
         assert index.read_bytes() == b"Package: a\nVersion: 1\n\nPackage: c\nVersion: 1\n\n"
     assert index.read_bytes() == full and sorted(p.name for p in lists.iterdir()) == [index.name]
+
+
+@pytest.mark.pipeline
+def test_the_report_takes_board_results_from_the_emulated_pi(built, tmp_path):
+    """verify.json files as a board writes them (here: the emulated Cortex-A76's), merged into the report."""
+    record = json.loads((built / "artifacts/arm64.json").read_text())
+    if not record["ran"]:
+        pytest.skip(f"arm64 not emulated on this machine: {record['reason']}")
+    boards = tmp_path / "boards"
+    for r in record["results"]:
+        if r["cpu"] == "cortex-a76":
+            (boards / r["build"]).mkdir(parents=True)
+            (boards / r["build"] / "verify.json").write_text(json.dumps(r["verify"]))
+    from stages.report import main
+
+    report = tmp_path / "report"
+    import shutil
+
+    shutil.copytree(built / "artifacts", report, ignore=shutil.ignore_patterns(  # the report reads json only
+        "report*", "*.onnx", "*.pt", "*.npy", "*.npz", "*.rknn", "*.onpu", "rknn_accuracy_analysis"))
+    assert main(["--artifacts", str(report), "--board-results", str(boards)]) == 0
+    md = (report / "report.md").read_text()
+    assert "## On real boards" in md and md.count("| aarch64, CPU part: 0xd0b |") == len(list(boards.iterdir()))

@@ -108,7 +108,7 @@ def compare(build: dict, cpu: str, x86: dict[str, Any], arm: np.ndarray, accepte
             "top1_x86": task.score(ref, accepted, ids, params).get("top1"),
             "top1_arm64": task.score(arm, accepted, ids, params).get("top1"),
             "backend_arm64": info["backend"], "backend_version_arm64": info.get("backend_version"),
-            "verify": info.get("verify"),
+            "verify": info.get("verify"), "build_code_on_board": info.get("build_code_installed"),
             "machine": info["machine"], "emulated_ms_per_input": round(info["emulated_ms_per_input"], 1)}
 
 

@@ -13,6 +13,7 @@ so every artifact runs in the same interpreter.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import load
-from runtime.verify import verify
+from runtime.verify import main as verify_main
 
 
 def run(job: dict) -> dict:
@@ -39,12 +40,22 @@ def run(job: dict) -> dict:
     emulated_ms = 1e3 * (time.perf_counter() - start) / len(results)
     np.save(job["outputs"], np.concatenate(results))
     package = "torch" if session.manifest.format == "torchscript" else "onnxruntime"
-    try:  # as many golden inputs as the budget allowed above, a few timed runs (emulated: not Pi timings)
-        checked = verify(Path(job["artifact"]).parent, runs=3, warmup=1, max_inputs=len(results))
+    # `python -m runtime verify FOLDER`, the command a Pi user types, through its own entry point: as many
+    # golden inputs as the budget allowed above, a few timed runs (emulated: not Pi timings).
+    folder = Path(job["artifact"]).parent
+    out = folder / "verify.json"
+    try:
+        code = verify_main([str(folder), "--runs", "3", "--warmup", "1", "--max-inputs", str(len(results)),
+                            "--json", str(out)])
+        checked = {**json.loads(out.read_text()), "exit_code": code} if out.exists() else {
+            "passed": False, "exit_code": code, "failures": [f"verify exited {code} without a verify.json"]}
     except Exception as exc:  # noqa: BLE001 - reported, and the test fails on it
         checked = {"passed": False, "failures": [f"verify raised {type(exc).__name__}: {exc}"]}
     return {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
             "backend_version": f"{package} {metadata.version(package)}",
+            # what the board's install brought: the runtime, never the build's code or tools
+            "build_code_installed": sorted(m for m in ("stages", "hydra", "dvc", "omegaconf")
+                                           if importlib.util.find_spec(m) is not None),
             "emulated_ms_per_input": emulated_ms, "n": len(results), "verify": checked}
 
 
