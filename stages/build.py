@@ -28,6 +28,7 @@ from typing import Optional
 
 import yaml
 
+from stages.core.log import cli
 from stages.core.layout import PROJECT_ROOT
 
 # Relative cost of one model's chain, for the order jobs start in (the costliest first, so the
@@ -118,6 +119,7 @@ def build(cwd: Path, jobs: int) -> int:
     return 0
 
 
+@cli("build")
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.build", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stages.core.layout import PROJECT_ROOT
+from stages.core.log import cli
 
 ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"  # conf/config.yaml `artifacts`
 
@@ -71,7 +72,7 @@ def markdown_of(rows: list[dict]) -> str:
 def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
-    from stages.core.log import console
+    from stages.core.log import console, cli
 
     table = Table(title="builds under artifacts/ (latency: this machine; speedup vs PyTorch FP32 eager, same run)",
                   title_justify="left")
@@ -121,6 +122,7 @@ def bench(metrics: list[dict], runs: int, artifacts: Path) -> list[dict]:
              "threads": threads} for name, v in ms.items()]
 
 
+@cli("compare")
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="only this model's builds")

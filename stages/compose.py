@@ -22,7 +22,7 @@ from stages.core.cli import layout_for, load
 from stages.core.config import to_plain
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
-from stages.core.log import user_error
+from stages.core.log import user_error, cli
 from stages.core.pipeline import DIGESTED
 
 
@@ -51,6 +51,7 @@ def compose_files(model: str, target: str | None, quant: str | None, overrides: 
         write_json(layout.build_config, with_digests(plain))
 
 
+@cli("compose")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.compose", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,14 +21,21 @@ def export(cfg: Config, layout: Layout) -> None:
         # The TorchScript exporter is deprecated in favour of dynamo, which cannot take a traced
         # module; it is still the path that gives static, reproducible graphs here.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            traced, (example,), str(tmp), dynamo=False, opset_version=cfg.model.export.opset,
-            input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
-            do_constant_folding=True,
-            dynamic_axes={cfg.model.input.name: dict(cfg.model.export.dynamic_input),
-                          cfg.model.output.name: dict(cfg.model.export.dynamic_output)}
-            if cfg.model.export.dynamic_input else None,
-        )
+        try:
+            torch.onnx.export(
+                traced, (example,), str(tmp), dynamo=False, opset_version=cfg.model.export.opset,
+                input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
+                do_constant_folding=True,
+                dynamic_axes={cfg.model.input.name: dict(cfg.model.export.dynamic_input),
+                              cfg.model.output.name: dict(cfg.model.export.dynamic_output)}
+                if cfg.model.export.dynamic_input else None,
+            )
+        except (RuntimeError, TypeError, ValueError) as exc:  # e.g. an op with no ONNX symbolic at this opset
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BuildError(f"torch.onnx.export failed for model {cfg.model.name!r} at opset "
+                             f"{cfg.model.export.opset}: {first[:300]}",
+                             hint="try another model.export.opset, or a module rewrite (model.surgery) for the op "
+                                  "named above") from None
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as exc:

@@ -30,7 +30,7 @@ import yaml
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import PROJECT_ROOT, Layout
-from stages.core.log import console, track
+from stages.core.log import console, track, cli
 
 OUT = PROJECT_ROOT / "artifacts" / "faces.json"
 VIDEO_FRAMES = 60
@@ -241,6 +241,7 @@ def check(name: str, entry: dict, plan: dict) -> dict:
     return row
 
 
+@cli("stage 'faces'")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.faces", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
+from stages.core.log import cli
 from stages.core.layout import CONF_DIR
 
 
@@ -126,6 +127,7 @@ def print_tables(data: dict[str, list[dict]]) -> None:
           [[r["name"], r["kind"], ", ".join(r["removes"]), r["description"]] for r in data["rewrites"]])
 
 
+@cli("list")
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.list", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

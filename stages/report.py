@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 from stages.core.fileio import write_bytes, write_json, write_text
 from stages.core.layout import PROJECT_ROOT, Layout
-from stages.core.log import console, track, user_error
+from stages.core.log import console, track, user_error, cli
 
 IMAGE_DIR = "report"  # under the artifact root, beside report.md, which links into it
 SVG_SALT = "edgebuild-report"  # fixed ids inside the SVGs: same data, same bytes
@@ -760,6 +760,7 @@ def write_report(root: Path, board_dir: Optional[Path] = None) -> list[Path]:
     return [root / "report.md", root / "report.html", root / "report.json", *written]
 
 
+@cli("report")
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

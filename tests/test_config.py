@@ -113,3 +113,37 @@ def test_a_conf_file_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "conf" / "target" / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
     with pytest.raises(BuildError, match=r"conf/target/latin1.yaml is not UTF-8 text"):
         check_yaml_syntax(tmp_path / "conf")
+
+
+def test_every_cli_maps_user_errors_to_exit_2_and_bugs_to_a_bug_report(capsys):
+    from runtime.errors import RuntimeLoadError
+    from stages.core.log import cli
+
+    @cli("demo")
+    def user(): raise BuildError("model.input.mean [1, 2] is wrong", hint="give 3")  # noqa: E704
+
+    @cli("demo")
+    def board(): raise RuntimeLoadError("manifest m.json: inputs[0].dtype is 'float33'")  # noqa: E704
+
+    @cli("demo")
+    def bug(): raise ZeroDivisionError("division by zero")  # noqa: E704
+
+    assert user() == 2 and board() == 2
+    err = capsys.readouterr().err
+    assert "error in demo: model.input.mean [1, 2] is wrong" in err and "inputs[0].dtype is 'float33'" in err
+    assert bug() == 3
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError" in err and "internal error in demo: this is a bug in edgebuild" in err
+
+
+def test_weights_that_do_not_fit_the_model_name_file_and_model(tmp_path):
+    import torch
+
+    from stages.core.models import load_weights
+
+    torch.save({"not.a.layer": torch.zeros(1)}, tmp_path / "w.pt")
+    with pytest.raises(BuildError, match=r"w.pt does not fit model 'tiny'"):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "w.pt", "tiny")
+    (tmp_path / "w.pt").write_bytes(b"garbage")
+    with pytest.raises(BuildError, match=r"does not fit model 'tiny'"):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "w.pt", "tiny")

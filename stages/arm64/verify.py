@@ -31,7 +31,7 @@ from runtime.errors import RuntimeLoadError
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import PROJECT_ROOT, Layout
-from stages.core.log import console, user_error
+from stages.core.log import console, user_error, cli
 
 from . import rootfs
 
@@ -183,6 +183,7 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
             "note": "emulated timings (qemu-user on x86): not Raspberry Pi timings"}
 
 
+@cli("stage 'arm64'")
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.arm64", description=__doc__.splitlines()[0])
     parser.add_argument("--max-inputs", type=int, default=MAX_INPUTS, help="gold inputs per artifact (%(default)s)")

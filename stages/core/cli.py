@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from .config import Config, validate
 from .errors import BuildError
 from .layout import CONF_DIR, Layout
-from .log import console, user_error
+from .log import console, internal_error, user_error
 from .pipeline import Stage, ensure_upstream, execute
 
 
@@ -86,7 +86,7 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
         sys.exit(2)
     except Exception as exc:  # a bug, not a user error: the traceback matters
         if not _in_multirun():
-            raise
+            sys.exit(internal_error(f"stage {stage.name!r}"))
         # Hydra's sweepers keep a failed job's exception to themselves: print and record it here.
         console.print_exception()
         _record_failure(f"{stage.name} {' '.join(_overrides())}: internal error, "

@@ -43,3 +43,35 @@ def user_error(where: str, exc: BaseException | str) -> int:
 
     console.print(f"[bold red]error[/] in {escape(where)}: {escape(str(exc))}")
     return 2
+
+
+def internal_error(where: str) -> int:
+    """Anything that is not a user error is a bug: the traceback, and a message that says so (exit 3)."""
+    from rich.markup import escape
+
+    console.print_exception()
+    console.print(f"[bold red]internal error[/] in {escape(where)}: this is a bug in edgebuild, not in your "
+                  "config or files; please report it with the traceback above")
+    return 3
+
+
+def cli(where: str):  # noqa: ANN201 - a decorator
+    """Every CLI's main through one error contract: user errors (BuildError, and the runtime's
+    RuntimeLoadError / InputSpecError) become one message and exit 2; anything else is reported as a bug."""
+    import functools
+
+    def wrap(main):  # noqa: ANN001, ANN202
+        @functools.wraps(main)
+        def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            from runtime.errors import InputSpecError, RuntimeLoadError
+
+            from .errors import BuildError
+
+            try:
+                return main(*args, **kwargs)
+            except (BuildError, RuntimeLoadError, InputSpecError) as exc:
+                return user_error(where, exc)
+            except Exception:  # noqa: BLE001 - the contract: a bug is said to be one
+                return internal_error(where)
+        return run
+    return wrap

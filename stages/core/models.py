@@ -60,8 +60,23 @@ def float_module(model: ModelConfig, weights: Path) -> Any:
         raise BuildError(f"model.module of {model.name!r} could not be built: {exc}",
                          hint="check model.module._target_ and its arguments") from exc
     apply_surgery(module, model)
-    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    load_weights(module, weights, model.name)
     return module.eval()
+
+
+def load_weights(module: Any, path: Any, name: str) -> None:
+    """A state_dict file into ``module``, or a BuildError naming the file, the model and the first mismatch."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"weights file {path} does not fit model {name!r}: {first[:300]}",
+                         hint="it is from another model or corrupt: rebuild it (`dvc repro`), or fix model.weights") from None
 
 
 def locate_weights_file(weights: WeightsConfig) -> Path:
@@ -95,7 +110,7 @@ def _load_from_package(module: Any, weights: WeightsConfig) -> None:
 
     path = locate_weights_file(weights)
     verify_sha256(path, weights.sha256)
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    load_weights(module, path, weights.file or str(path))
 
 
 @WEIGHT_SOURCES.register("keras_h5")
@@ -134,7 +149,7 @@ def _load_from_file(module: Any, weights: WeightsConfig) -> None:
         raise BuildError(f"model.weights.file {weights.file!r} does not exist",
                          hint="point it at a state_dict saved with torch.save")
     verify_sha256(Path(weights.file), weights.sha256)
-    module.load_state_dict(torch.load(weights.file, map_location="cpu", weights_only=True))
+    load_weights(module, weights.file, weights.file)
 
 
 @WEIGHT_SOURCES.register("torchvision")

@@ -39,7 +39,7 @@ def _prepared(layout, tmp: Path) -> Path:  # noqa: ANN001
 
 
 def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[Path] = None) -> dict:  # noqa: ANN001
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat
 
     q = cfg.quant
     data = np.load(layout.calibration)
@@ -65,7 +65,7 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
         prepared = _prepared(layout, Path(tmp))
         if cache is None or not cache.exists():
             console.print(f"calibrating on {n} tensors ({q.calibration.method.value})")  # tests wait for this line
-        quantize_static(
+        _quantize_static_checked(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
             per_channel=q.per_channel, reduce_range=False,
             activation_type=_qtype(q.activation_type), weight_type=_qtype(q.weight_type),
@@ -81,6 +81,20 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
             },
         )
     return {"calibration_samples": n}
+
+
+def _quantize_static_checked(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    """ONNX Runtime's quantize_static, its failures (a node it cannot quantize, a bad exclusion) as a
+    BuildError naming the graph, instead of the library's traceback."""
+    from onnxruntime.quantization import quantize_static
+
+    try:
+        quantize_static(*args, **kwargs)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"ONNX Runtime's quantizer failed on {args[0]}: {type(exc).__name__}: {first[:300]}",
+                         hint="check quant.exclude_nodes / exclude_op_types name nodes and ops of this graph, "
+                              "or try another scheme") from None
 
 
 def _dynamic(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[Path] = None) -> dict:  # noqa: ANN001
