@@ -8,7 +8,8 @@ stage's command runs, and it takes a write lock on a stage's outputs and read lo
 dependencies. So `dvc repro` processes on disjoint subgraphs can share one workspace, each
 recording its own stages in dvc.lock (read, merged and rewritten under the lock). The subgraphs
 here are the models: each model's builds (`evaluate@...`, `prepare@...`) share nothing with
-another model's. Up to ``--jobs`` of them run at once, the costliest first, while the arm64
+another model's. Up to ``--jobs`` of them run at once, the costliest first (heavy stages, such as a
+training, take turns: stages/core/pipeline.py, ``heavy_slot``), while the arm64
 userland (which needs no artifact) is set up; then the whole-project stages (arm64, faces) run
 side by side, and a last plain `dvc repro` runs what is left (the report) and checks that
 everything is up to date. What it records is what a serial `dvc repro` records: the same stages,
@@ -30,59 +31,21 @@ import yaml
 
 from stages.core.log import cli
 from stages.core.layout import PROJECT_ROOT
+from stages.core.pipeline import HEAVY_LOCK_ENV
 
-# A model trained from scratch here is CPU-bound work on every core for minutes: two at once only
-# fight over the cores (measured: two Fashion-MNIST trainings side by side ran slower than one after
-# the other), so a trained model runs beside light chains, never beside another trained model. The
-# other chains are mostly per-process overhead (interpreter, imports, one thread), which is what
-# overlaps well.
+# The order jobs start in: the costliest first (training from scratch dominates), so the last job to
+# finish is a short one.
 TRAIN_COST, BUILD_COST = 8, 1
 
 
-def model_jobs(plan: dict, trained: set[str]) -> list[tuple[str, list[str], bool]]:
-    """(model, its final DVC stages, heavy) for every model, the costliest first."""
+def model_jobs(plan: dict, trained: set[str]) -> list[tuple[str, list[str]]]:
+    """(model, its final DVC stages) for every model, the costliest first."""
     jobs: dict[str, list[str]] = {m: [] for m in plan["models"]}
     for group, stage in (("builds", "evaluate"), ("prepared", "prepare")):
         for key, item in (plan.get(group) or {}).items():
             jobs[item["model"]].append(f"{stage}@{key}")
     cost = {m: BUILD_COST * len(t) + (TRAIN_COST if m in trained else 0) for m, t in jobs.items()}
-    return sorted(((m, t, m in trained) for m, t in jobs.items() if t), key=lambda j: -cost[j[0]])
-
-
-def run_queue(jobs: list[tuple[str, list[str], bool]], workers: int, run) -> list[bool]:  # noqa: ANN001
-    """Run ``jobs`` on ``workers`` threads, in order, but never two heavy ones at once: a free worker
-    takes the first job it may start (a light one while a heavy one runs elsewhere)."""
-    pending = list(jobs)
-    results: list[bool] = []
-    cond = threading.Condition()
-    heavy_running = [False]
-
-    def worker() -> None:
-        while True:
-            with cond:
-                while True:
-                    job = next((j for j in pending if not (j[2] and heavy_running[0])), None)
-                    if job is not None or not pending:
-                        break
-                    cond.wait()
-                if job is None:
-                    return
-                pending.remove(job)
-                if job[2]:
-                    heavy_running[0] = True
-            ok = run(job[0], dvc("repro", *job[1]))
-            with cond:
-                results.append(ok)
-                if job[2]:
-                    heavy_running[0] = False
-                cond.notify_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    return sorted(((m, t) for m, t in jobs.items() if t), key=lambda mt: -cost[mt[0]])
 
 
 def project_jobs(plan: dict) -> list[tuple[str, list[str]]]:
@@ -103,7 +66,10 @@ class Runner:
         start = time.monotonic()
         # OpenMP threads that sleep when idle instead of spinning: side by side, a spinning pool burns the
         # core the other job needs (as in conf/hydra/launcher/local_parallel.yaml). Results do not change.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        # Heavy stages (stages/core/pipeline.py: training, PyTorch calibration) take turns through one lock
+        # file: two at once only fight over the cores.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE",
+               HEAVY_LOCK_ENV: str(self.cwd / ".dvc" / "tmp" / "edgebuild-heavy.lock")}
         proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace")
         assert proc.stdout is not None
@@ -140,7 +106,8 @@ def build(cwd: Path, jobs: int) -> int:
         # The arm64 userland depends on no artifact: set it up beside the builds (its own job slot:
         # it mostly waits on debootstrap and pip).
         setup = pool.submit(run, "arm64-setup", [sys.executable, "-m", "stages.arm64", "--setup-only"])
-        done = run_queue(model_jobs(plan, trained), jobs, run)
+        with ThreadPoolExecutor(jobs) as models:
+            done = list(models.map(lambda job: run(job[0], dvc("repro", *job[1])), model_jobs(plan, trained)))
         setup.result()
     if all(done):
         with ThreadPoolExecutor(jobs) as pool:

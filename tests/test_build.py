@@ -1,34 +1,47 @@
-"""stages.build: model subgraphs side by side under DVC, never two trainings at once (the byte identity
+"""stages.build: model subgraphs side by side under DVC; heavy stages take turns (the byte identity
 with a serial build is checked on the real build: test_pipeline's stage-alone test compares every file
 of a chain)."""
+import threading
 import time
+from types import SimpleNamespace
 
-from stages.build import model_jobs, run_queue
-
-
-def test_two_heavy_jobs_never_run_at_once_and_light_ones_fill_in():
-    log = []
-
-    def run(name, cmd):
-        log.append(("start", name))
-        time.sleep(0.15 if name.startswith("train") else 0.03)
-        log.append(("end", name))
-        return name != "light-broken"
-
-    jobs = [("train-a", [], True), ("train-b", [], True), ("light-1", [], False), ("light-broken", [], False)]
-    assert sorted(run_queue(jobs, 2, run)) == [False, True, True, True]
-    running = set()
-    for event, name in log:
-        if event == "start":
-            running.add(name)
-            assert not {"train-a", "train-b"} <= running, log
-        else:
-            running.discard(name)
-    assert log.index(("start", "light-1")) < log.index(("end", "train-a"))  # the other core was used
+from stages.build import model_jobs
+from stages.core.pipeline import HEAVY_LOCK_ENV, heavy_slot, is_heavy
 
 
 def test_jobs_are_the_models_final_stages_costliest_first():
     plan = {"models": ["m", "t"], "builds": {"m-rpi4-q": {"model": "m"}, "t-rpi4-q": {"model": "t"}},
             "prepared": {"m-rk1808-q": {"model": "m"}}}
-    assert model_jobs(plan, {"t"}) == [("t", ["evaluate@t-rpi4-q"], True),
-                                       ("m", ["evaluate@m-rpi4-q", "prepare@m-rk1808-q"], False)]
+    assert model_jobs(plan, {"t"}) == [("t", ["evaluate@t-rpi4-q"]), ("m", ["evaluate@m-rpi4-q", "prepare@m-rk1808-q"])]
+
+
+def cfg(train=None, scheme="ort_static"):
+    return SimpleNamespace(model=SimpleNamespace(train=train), quant=SimpleNamespace(scheme=scheme))
+
+
+def test_training_and_pytorch_calibration_are_heavy():
+    train, quantize = SimpleNamespace(name="train"), SimpleNamespace(name="quantize")
+    assert is_heavy(train, cfg(train="recipe")) and not is_heavy(train, cfg())
+    assert is_heavy(quantize, cfg(scheme="pytorch_quantization")) and not is_heavy(quantize, cfg())
+
+
+def test_heavy_stages_take_turns_across_threads(tmp_path, monkeypatch):
+    monkeypatch.setenv(HEAVY_LOCK_ENV, str(tmp_path / "heavy.lock"))
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def heavy() -> None:
+        with heavy_slot(SimpleNamespace(name="train"), cfg(train="recipe")):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.1)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=heavy) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
