@@ -43,7 +43,7 @@ def run(job: dict) -> dict:
     # `python -m runtime verify FOLDER`, the command a Pi user types, through its own entry point: as many
     # golden inputs as the budget allowed above, a few timed runs (emulated: not Pi timings).
     folder = Path(job["artifact"]).parent
-    out = folder / "verify.json"
+    out = Path(job["outputs"]).with_suffix(".verify.json")  # one per emulated CPU: both run at once
     try:
         code = verify_main([str(folder), "--runs", "3", "--warmup", "1", "--max-inputs", str(len(results)),
                             "--json", str(out)])
