@@ -49,8 +49,11 @@ def model_jobs(plan: dict, trained: set[str]) -> list[tuple[str, list[str]]]:
 
 
 def project_jobs(plan: dict) -> list[tuple[str, list[str]]]:
-    """The stages over the whole project that may run side by side once every build is done."""
-    return [("arm64", ["arm64"])] + ([("faces", ["faces"])] if plan.get("detectors") else [])
+    """The stages over the whole project that may run side by side once every build is done. Each is
+    reproduced alone (`--single-item`: its upstream was just built): a plain `dvc repro faces` would
+    also take write locks on the upstream outputs it checks, which the arm64 run holds for reading."""
+    return [("arm64", ["--single-item", "arm64"])] + (
+        [("faces", ["--single-item", "faces"])] if plan.get("detectors") else [])
 
 
 class Runner:
