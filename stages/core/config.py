@@ -248,7 +248,8 @@ class ModelConfig:
 @dataclass
 class BudgetConfig:
     metric: Optional[str] = "top1"  # a gold metric of the model's task; None: no drop check (no labels)
-    max_drop: float = rule(1.0, ge=0.0, le=100.0)  # accuracy points (percent) the artifact may lose against float
+    # accuracy points (percent) the artifact may lose against float; negative: it must beat float by that much
+    max_drop: float = rule(1.0, ge=-100.0, le=100.0)
     min_agreement: Optional[float] = rule(None, ge=0.0, le=1.0)  # fraction of gold inputs whose decision matches float
     max_error: Optional[float] = rule(None, ge=0.0)  # the task's error against float, in its unit (head pose: MAE, degrees)
 
