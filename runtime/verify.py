@@ -114,11 +114,12 @@ def verify(folder: Path, runs: int = 50, warmup: int = 10, threads: Optional[int
            max_inputs: Optional[int] = None) -> dict:
     from . import load
 
-    manifest = Manifest.read(folder / MANIFEST_NAME)
+    artifact = Manifest.read(folder / MANIFEST_NAME).artifact
     inputs, expected, meta = read_golden(folder)
     total = len(inputs)
     inputs, expected = inputs[:max_inputs], expected[:max_inputs]
-    session = load(folder / manifest.artifact, threads=threads)
+    session = load(folder / artifact, threads=threads)
+    manifest = session.manifest
     outputs = np.concatenate([np.asarray(session.run(x)) for x in inputs])
     fidelity, failures = compare(manifest.task, expected, outputs, meta)
     package = BACKEND_PACKAGE.get(manifest.format)

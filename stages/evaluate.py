@@ -38,10 +38,7 @@ def golden_file(cfg: Config, layout: Layout, inputs: list[np.ndarray], judged: G
     outputs the verdict was judged on, and the tolerance a board's run must meet. The tolerance is
     derived from the two executions the build has (the verdict's and this host's kernels, when they
     differ): twice their largest difference, and at least 2 % of the outputs' range."""
-    import hashlib
-    import json as _json
-
-    from stages.core.fileio import write_npz
+    from stages.core.fileio import sha256_file, write_npz
 
     n = min(GOLDEN_INPUTS, len(inputs))
     expected = judged.outputs[:n]
@@ -50,8 +47,8 @@ def golden_file(cfg: Config, layout: Layout, inputs: list[np.ndarray], judged: G
     meta = {"verdict_from": judged_by, "atol": atol, "atol_rule": "max(2 x |verdict - build host|, 2 % of range)",
             "task": cfg.model.task.value, **{k: v for k, v in dict(cfg.model.task_params).items()
                                              if isinstance(v, (int, float, str))}}
-    write_npz(layout.golden, {"inputs": np.stack(inputs[:n]), "outputs": expected, "meta": np.array(_json.dumps(meta))})
-    return {"file": layout.golden.name, "sha256": hashlib.sha256(layout.golden.read_bytes()).hexdigest(), "n": n,
+    write_npz(layout.golden, {"inputs": np.stack(inputs[:n]), "outputs": expected, "meta": np.array(json.dumps(meta))})
+    return {"file": layout.golden.name, "sha256": sha256_file(layout.golden), "n": n,
             "atol": atol}
 
 
