@@ -21,12 +21,13 @@ The steps are MediaPipe's face_detection_short_range graph:
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .face_detection import _cv2  # OpenCV, imported on first use, with the install line
 
 INPUT_SIZE = 128
 NUM_ANCHORS = 896
@@ -42,14 +43,6 @@ SCORE_CLIP = 100.0
 MIN_SCORE = 0.5
 MIN_SUPPRESSION_IOU = 0.3
 
-
-@functools.cache
-def _cv2():  # noqa: ANN202
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError("BlazeFace decoding needs OpenCV: pip install opencv-python-headless") from None
-    return cv2
 
 
 def ssd_anchors(input_size: int = INPUT_SIZE, strides: Sequence[int] = STRIDES, offset: float = ANCHOR_OFFSET,
