@@ -44,7 +44,6 @@ MIN_SCORE = 0.5
 MIN_SUPPRESSION_IOU = 0.3
 
 
-
 def ssd_anchors(input_size: int = INPUT_SIZE, strides: Sequence[int] = STRIDES, offset: float = ANCHOR_OFFSET,
                 per_layer: int = ANCHORS_PER_LAYER) -> np.ndarray:
     """[896, 4] float32 anchors (x_centre, y_centre, w, h), normalized to the input square.
