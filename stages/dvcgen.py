@@ -36,17 +36,14 @@ def rel(path: Path) -> str:
     return path.as_posix()
 
 
-def compose_stages() -> dict[str, Any]:
-    deps = ["conf", "stages/compose.py", "stages/core"]
-    return {
-        "compose_model": {"foreach": "${models}", "do": {
-            "cmd": "python -m stages.compose --model ${item}", "deps": list(deps),
-            "outs": [rel(MODEL.model_config)]}},
-        "compose": {"foreach": "${chains}", "do": {
-            "cmd": "python -m stages.compose --model ${item.model} --target ${item.target} --quant ${item.quant}",
-            "deps": list(deps),
-            "outs": [rel(BUILD.build_config)]}},
-    }
+def compose_stage() -> dict[str, Any]:
+    """One stage writes every resolved config (stages/compose.py): its outputs are listed per model and
+    chain, so editing conf/builds.yaml means running this generator again."""
+    plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
+    outs = [rel(Layout(Path("artifacts"), model, "_").model_config) for model in plan["models"]]
+    outs += [rel(Layout(Path("artifacts"), item["model"], item["target"], item["quant"]).build_config)
+             for item in plan["chains"].values()]
+    return {"cmd": "python -m stages.compose", "deps": ["conf", "stages/compose.py", "stages/core"], "outs": outs}
 
 
 def stage_entry(stage: Stage) -> dict[str, Any]:
@@ -129,7 +126,7 @@ def dvc_plots() -> list[dict[str, Any]]:
 
 
 def render() -> str:
-    stages: dict[str, Any] = compose_stages()
+    stages: dict[str, Any] = {"compose": compose_stage()}
     for name in STAGE_MODULES:
         stages[name] = stage_entry(load_stage(name))
     stages["arm64"] = arm64_stage()

@@ -42,6 +42,16 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_built(src: Path, dest: Path) -> Path:
+    """A copy of a built project that a test may edit. The DVC cache is hard-linked, not copied (a
+    third of the bytes): its files are content-addressed and read-only, and DVC adds new ones
+    instead of writing into old ones. Everything else, the workspace's outputs included, is copied."""
+    shutil.copytree(src, dest, symlinks=True, ignore=lambda d, names: ["cache"] if Path(d) == src / ".dvc" else [])
+    if (src / ".dvc" / "cache").is_dir():
+        shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", symlinks=True, copy_function=os.link)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy on which the README's build (`dvc repro`, through stages.build: model subgraphs

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, project_env, run
+from conftest import ROOT, copy_built, project_env, run
 
 ART = Path("artifacts/mobilenet_v2/rpi4/int8_static")
 # One real job (a rewrite whose upstream the `built` project has fresh) and one that fails inside
@@ -289,7 +289,7 @@ def test_s3_remote_push_then_fresh_clone_pulls_and_rebuilds_nothing(s3_server, b
     url, creds = s3_server
     env = {**project_env(), **creds}
     team = tmp_path / "team"  # the machine that built: the built project, with its DVC cache
-    shutil.copytree(built, team, symlinks=True)
+    copy_built(built, team)
     dvc(team, "remote", "add", "-d", "team", "s3://edgebuild-cache/edgebuild", env=env)
     dvc(team, "remote", "modify", "team", "endpointurl", url, env=env)
     git(team, "add", "dvc.lock", ".dvc/config")
