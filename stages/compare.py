@@ -66,7 +66,10 @@ def markdown(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
 
 
 def markdown_of(rows: list[dict]) -> str:
-    return markdown(rows, tuple(rows[0]))
+    """The --bench table; an unreliable timing (stages/core/bench.py) says why under it."""
+    columns = tuple(c for c in rows[0] if c != "unreliable_because")
+    why = sorted({w for r in rows for w in r.get("unreliable_because") or []})
+    return markdown(rows, columns) + "".join(f"unreliable: {w}\n" for w in why)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -91,7 +94,7 @@ def bench(metrics: list[dict], runs: int, artifacts: Path) -> list[dict]:
     import torch
 
     from runtime import Manifest, load
-    from stages.core.bench import paired_latency
+    from stages.core.bench import paired_timing
     from stages.core.cli import load as load_config
     from stages.core.datasets import gold_images, preprocess_for
     from stages.core.layout import Layout
@@ -116,10 +119,12 @@ def bench(metrics: list[dict], runs: int, artifacts: Path) -> list[dict]:
         x = Manifest.read(folder / "manifest.json").preprocessor()(image)
         fns[f"{m['target']}/{m['quant']}"] = lambda s=session, x=x: s.run(x)
     with torch.no_grad():
-        ms = paired_latency(fns, warmup=10, runs=runs)
-    eager = ms["torch_eager_fp32"]
-    return [{"build": name, "ms": round(v, 4), "speedup_vs_eager": round(eager / v, 2),
-             "threads": threads} for name, v in ms.items()]
+        timing = paired_timing(fns, warmup=10, runs=runs)
+    ms, eager = timing["ms"], timing["ms"]["torch_eager_fp32"]
+    return [{"build": name, "ms": round(v, 4), "speedup_vs_eager": round(eager / v, 2), "threads": threads,
+             "spread": timing["spread"][name], "other_cpu_share": timing["other_cpu_share"],
+             "reliable": timing["reliable"], "unreliable_because": timing["unreliable_because"]}
+            for name, v in ms.items()]
 
 
 @cli("compare")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from stages.core import onnxgraph
-from stages.core.bench import paired_latency
+from stages.core.bench import paired_timing
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
 from stages.core.datasets import gold_images, preprocess_for
@@ -117,11 +117,13 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     candidate = judged.outputs
 
     latency: dict = {"artifact": None, "torch_eager_fp32": None}
+    conditions: dict = {}
     if gold.timed_call is not None:  # a simulator has no latency worth pairing with PyTorch's
         x0 = torch.from_numpy(float_inputs[0])
         with torch.no_grad(), phase("latency"):
-            latency = paired_latency({"artifact": gold.timed_call, "torch_eager_fp32": lambda: module(x0)},
-                                     cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
+            timing = paired_timing({"artifact": gold.timed_call, "torch_eager_fp32": lambda: module(x0)},
+                                   cfg.target.benchmark.warmup, cfg.target.benchmark.runs)
+        latency, conditions = timing.pop("ms"), timing
 
     # The float graph after the target's rewrites, in ONNX Runtime: what the rewrites cost, before quantization.
     with phase("rewritten float graph"):
@@ -154,7 +156,7 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         "verdict_from": judged_by,
         "build_host": build_host,
         "latency_ms": {**latency, "threads": threads, "backend": gold.backend, "runs": cfg.target.benchmark.runs,
-                       "note": gold.note},
+                       "note": gold.note, **conditions},
         "speedup": latency["torch_eager_fp32"] / latency["artifact"] if latency["artifact"] else None,
         "size_bytes": layout.artifact.stat().st_size,
         "per_image": per_image(samples, reference, candidate),
@@ -186,6 +188,7 @@ COLUMN_NAMES = {"top1": "top-1 %", "top5": "top-5 %", "recall": "recall %", "fal
 
 
 def print_table(m: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{m['model']} / {m['target']} / {m['quant']}  on {m['dataset']} (n={m['n']})")
@@ -204,6 +207,8 @@ def print_table(m: dict) -> None:
                   f"agreement {m['fidelity']['agreement']:.3f}, cosine {m['fidelity']['cosine_mean']:.4f}, "
                   f"speedup {('x%.1f' % m['speedup']) if m['speedup'] else 'n/a'}, {m['size_bytes'] / 1e6:.2f} MB"
                   + (f" ({m['latency_ms']['note']})" if m["latency_ms"]["note"] else ""))
+    if m["latency_ms"].get("unreliable_because"):
+        console.print("[yellow]latency unreliable:[/] " + escape("; ".join(m["latency_ms"]["unreliable_because"])))
 
 
 STAGE = Stage(

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from stages.core.bench import MAX_OTHER_CPU, MAX_SPREAD
 from stages.core.fileio import write_bytes, write_json, write_text
 from stages.core.layout import PROJECT_ROOT, Layout
 from stages.core.log import console, track, user_error, cli
@@ -123,6 +124,7 @@ def build_row(root: Path, model: str, target: str, quant: str) -> dict:
         "error": (metrics.get("fidelity") or {}).get("error"), "max_error": budget.get("max_error"),
         "latency_ms": latency.get("artifact"), "torch_eager_fp32_ms": latency.get("torch_eager_fp32"),
         "latency_note": latency.get("note") or "", "backend": latency.get("backend"),
+        "latency_unreliable": bool(latency.get("unreliable_because")),
         "speedup": metrics.get("speedup"),
         "size_bytes": metrics.get("size_bytes") or manifest.get("size_bytes"),
         "rewrites": rewrites_of(read_json(layout.rewrite_report)),
@@ -208,7 +210,8 @@ def build_report(root: Path, board_dir: Optional[Path] = None) -> dict:
         if layers:
             divergence.append(layers)
     training = [t for t in (training_entry(root, m) for m in _subdirs(root / "_build")) if t]
-    notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]})
+    notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]}
+                   | ({UNRELIABLE} if any(b["latency_unreliable"] for b in builds) else set()))
     return {"builds": builds, "not_built": not_built, "training": training, "divergence": divergence,
             "latency_notes": notes, "arm64": read_json(root / "arm64.json"), "faces": read_json(root / "faces.json"),
             **({"boards": board_results.read(board_dir)} if board_dir else {})}
@@ -317,7 +320,14 @@ def budget_text(row: dict) -> str:
     return {"pass": "PASS", "not evaluated": "not evaluated", "not converted": "not converted"}[row["status"]]
 
 
+UNRELIABLE = (f"unreliable: measured under contention or with a spread beyond the limits (its rounds' medians within "
+              f"{100 * MAX_SPREAD:.0f} % interquartile range, other processes under {100 * MAX_OTHER_CPU:.0f} % of the CPU); the figure "
+              "is shown in parentheses, and the build's metrics.json (latency_ms.unreliable_because) says why")
+
+
 def latency_text(row: dict, notes: list[str]) -> str:
+    if row["latency_ms"] is not None and row.get("latency_unreliable"):
+        return f"({row['latency_ms']:.2f}) [{notes.index(UNRELIABLE) + 1}]"
     if row["latency_ms"] is not None:
         return f"{row['latency_ms']:.2f}"
     if row["latency_note"] in notes:
@@ -339,6 +349,11 @@ def interval_text(measure: Optional[dict], scale: float = 1.0) -> str:
     return f" [{lo:{digits}}, {hi:{digits}}] n={measure['n']}"
 
 
+def speedup_text(row: dict) -> str:
+    text = _num(row["speedup"], ".1f", "×")
+    return f"({text})" if row.get("latency_unreliable") and row["speedup"] is not None else text
+
+
 def row_cells(row: dict, notes: list[str]) -> list[str]:
     ci = row.get("intervals") or {}
     top1 = NA if row["top1"] is None else f"{_num(row['float_top1'], '.2f')} → {row['top1']:.2f}" + interval_text(
@@ -350,7 +365,7 @@ def row_cells(row: dict, notes: list[str]) -> list[str]:
         f"{row['agreement']:.3f}{interval_text(ci.get('agreement'), 0.01)} (≥ {_num(row['min_agreement'], 'g')})")
     toolchain = ", ".join(f"{k} {v}" for k, v in (row["toolchain"] or {}).items()) or NA
     return [row["model"], row["target"], row["quant"] or NA, row["format"] or NA, top1, drop, agreement,
-            latency_text(row, notes), _num(row["speedup"], ".1f", "×"), size_text(row["size_bytes"]),
+            latency_text(row, notes), speedup_text(row), size_text(row["size_bytes"]),
             rewrites_text(row["rewrites"]), names_text(row["kept_float"]), toolchain, budget_text(row)]
 
 

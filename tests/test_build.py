@@ -1,9 +1,13 @@
 """stages.build: model subgraphs side by side under DVC; heavy stages take turns (the byte identity
 with a serial build is checked on the real build: test_pipeline's stage-alone test compares every file
 of a chain)."""
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
+
+import pytest
 
 from stages.build import model_jobs
 from stages.core.pipeline import HEAVY_LOCK_ENV, heavy_slot, is_heavy
@@ -45,3 +49,25 @@ def test_heavy_stages_take_turns_across_threads(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+def test_a_timing_under_contention_is_marked_unreliable_and_says_why():
+    """bench.paired_timing records the other processes' share of the CPU while it timed: a busy
+    neighbour (a process spinning on every core) makes the figure unreliable, with the reason."""
+    import os
+
+    from stages.core import bench
+
+    if bench._machine_busy_s() is None:
+        pytest.skip("no /proc/stat here: the contention check needs Linux")
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 20: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)  # the neighbours are spinning before the timing starts
+        busy = bench.paired_timing({"sum": lambda: sum(range(50000))}, warmup=2, runs=200)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert busy["reliable"] is False and busy["other_cpu_share"] > bench.MAX_OTHER_CPU
+    assert any("other processes used" in why for why in busy["unreliable_because"])
+    assert busy["ms"]["sum"] > 0 and set(busy["spread"]) == {"sum"}

@@ -42,6 +42,9 @@ def test_bench_times_every_artifact_and_eager_in_one_run(built):
     assert set(rows) == {"torch_eager_fp32", "rpi4/int8_static"}
     assert rows["torch_eager_fp32"]["speedup_vs_eager"] == 1.0
     assert all(r["ms"] > 0 for r in rows.values())
+    # the conditions it was measured under come with it, whatever they were
+    assert all(isinstance(r["reliable"], bool) and r["spread"] >= 0 for r in rows.values())
+    assert all(r["reliable"] == (not r["unreliable_because"]) for r in rows.values())
 
 
 def test_bench_needs_one_model(built):

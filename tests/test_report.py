@@ -162,6 +162,20 @@ def test_table_lists_every_build_with_its_numbers(tree: Path) -> None:
     assert data["builds"][1]["latency_ms"] == 5.1375
 
 
+def test_a_latency_measured_under_contention_is_parenthesized_and_footnoted(tree: Path) -> None:
+    path = tree / "mobilenet_v2/rpi4/int8_static/metrics.json"
+    m = json.loads(path.read_text())
+    m["latency_ms"].update(spread=0.41, other_cpu_share=0.62, reliable=False,
+                           unreliable_because=["other processes used 62 % of the CPU (limit 15 %)"])
+    put(path, m)
+    write_report(tree)
+    md = (tree / "report.md").read_text()
+    rpi4 = table_row(md, "mobilenet_v2", "rpi4")
+    assert "(5.14) [2]" in rpi4 and "(8.5×)" in rpi4, rpi4
+    assert "[2] unreliable: measured under contention" in md
+    assert "[1] " + SIM_NOTE in md and "n/a [1]" in table_row(md, "mobilenet_v2", "rk3588")
+
+
 def test_not_built_and_training_sections(tree: Path) -> None:
     write_report(tree)
     md = (tree / "report.md").read_text()
