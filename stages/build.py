@@ -8,7 +8,9 @@ stage's command runs, and it takes a write lock on a stage's outputs and read lo
 dependencies. So `dvc repro` processes on disjoint subgraphs can share one workspace, each
 recording its own stages in dvc.lock (read, merged and rewritten under the lock). The subgraphs
 here are the models: each model's builds (`evaluate@...`, `prepare@...`) share nothing with
-another model's but the compose stage, which runs first. Up to ``--jobs`` of them run at once, the costliest first (heavy stages, such as a
+another model's (each model has its own compose stage: DVC write-locks a stage's outputs even to
+see that it is up to date, so a shared one made jobs collide on it). Up to ``--jobs`` of them run at
+once, the costliest first (heavy stages, such as a
 training, take turns: stages/core/pipeline.py, ``heavy_slot``), while the arm64
 userland (which needs no artifact) is set up; then the whole-project stages (arm64, faces) run
 side by side, and a last plain `dvc repro` runs what is left (the report) and checks that
@@ -105,9 +107,9 @@ def build(cwd: Path, jobs: int) -> int:
     trained = {m for m in plan["models"] if load([f"model={m}"]).model.train}
     run = Runner(cwd)
     started = time.monotonic()
-    # Every model's subgraph starts at the one compose stage: run it first, alone, so that the model
-    # jobs find it up to date instead of both taking its outputs' write lock.
-    if not run("compose", dvc("repro", "compose")):
+    # The compose stages (one per model; conf/ is every one's dependency) run first, in one process, so
+    # that the model jobs find them up to date.
+    if not run("compose", dvc("repro", "--glob", "compose_*")):
         print("build failed:", *run.failures, sep="\n  - ", file=sys.stderr)
         return 2
     with ThreadPoolExecutor(jobs + 1) as pool:

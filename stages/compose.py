@@ -1,15 +1,16 @@
 """compose: write the fully resolved config of a model or a build, for DVC to track by key.
 
-    python -m stages.compose                      # every model and chain of conf/builds.yaml (the DVC stage)
+    python -m stages.compose                      # every model and chain of conf/builds.yaml
+    python -m stages.compose --model mobilenet_v2 --chains        # the model's and its chains' (a DVC stage)
     python -m stages.compose --model mobilenet_v2                 # artifacts/_build/<model>/model.json
     python -m stages.compose --model mobilenet_v2 --target rpi4 --quant int8_static
                                                   # artifacts/_build/<model>/<target>/<quant>/build.json
 
 DVC cannot see Hydra's defaults lists or interpolations; tracking keys of these resolved files
 instead of conf/*.yaml means every stage reruns exactly when a value it reads changes.
-One DVC stage writes them all, in one process: any edit under conf/ reruns it (a few seconds, where a
-process per file cost 26 interpreter starts), and a file whose bytes did not change leaves its
-stages up to date.
+One DVC stage per model writes its files in one process: any edit under conf/ reruns them (a few
+seconds, where a process per file cost 26 interpreter starts), and a file whose bytes did not change
+leaves its stages up to date.
 JSON, because DVC parses params files on every `dvc repro` and YAML parsing dominated its no-op time.
 """
 from __future__ import annotations
@@ -57,16 +58,22 @@ def compose_files(model: str, target: str | None, quant: str | None, overrides: 
         write_json(layout.build_config, with_digests(plain))
 
 
-def compose_all(plan_path: Path) -> int:
-    """Every model's and chain's config; the number of files written."""
+def compose_all(plan_path: Path, only: str | None = None) -> int:
+    """Every model's and chain's config of the plan (of model ``only`` alone if given); the number of
+    files written."""
     import yaml
 
     plan = yaml.safe_load(plan_path.read_text())
-    for model in plan["models"]:
+    models = [m for m in plan["models"] if only in (None, m)]
+    chains = [c for c in plan["chains"].values() if only in (None, c["model"])]
+    if only is not None and not models:
+        raise BuildError(f"model {only!r} is not in {plan_path.name}'s models ({', '.join(plan['models'])}): "
+                         "add it there, or compose it without --chains")
+    for model in models:
         compose_files(model, None, None, [])
-    for item in plan["chains"].values():
+    for item in chains:
         compose_files(item["model"], item["target"], item["quant"], [])
-    return len(plan["models"]) + len(plan["chains"])
+    return len(models) + len(chains)
 
 
 @cli("compose")
@@ -76,13 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="omit for every model and chain of conf/builds.yaml")
     parser.add_argument("--target", help="omit for the target-independent model config")
     parser.add_argument("--quant", help="the quant scheme; default: the target's")
+    parser.add_argument("--chains", action="store_true",
+                        help="with --model: also every chain of the model in conf/builds.yaml")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args(argv)
-    if args.model is None and (args.target or args.quant or args.overrides):
-        parser.error("--target, --quant and overrides need --model")
+    if args.model is None and (args.target or args.quant or args.overrides or args.chains):
+        parser.error("--target, --quant, --chains and overrides need --model")
+    if args.chains and (args.target or args.quant or args.overrides):
+        parser.error("--chains composes the plan's chains as they are: no --target, --quant or overrides")
     try:
-        if args.model is None:
-            compose_all(CONF_DIR / "builds.yaml")
+        if args.model is None or args.chains:
+            compose_all(CONF_DIR / "builds.yaml", args.model)
         else:
             compose_files(args.model, args.target, args.quant, args.overrides)
     except BuildError as exc:

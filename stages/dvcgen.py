@@ -36,14 +36,25 @@ def rel(path: Path) -> str:
     return path.as_posix()
 
 
-def compose_stage() -> dict[str, Any]:
-    """One stage writes every resolved config (stages/compose.py): its outputs are listed per model and
-    chain, so editing conf/builds.yaml means running this generator again."""
+def compose_stages() -> dict[str, dict[str, Any]]:
+    """One stage per model writes its resolved configs, the model's and each of its chains'
+    (stages/compose.py), in one process. Per model, not one for the project: `stages.build` runs the
+    models' subgraphs side by side, and DVC write-locks a stage's outputs even to see that it is up to
+    date, so one shared stage made each job wait on the build.json another job's stage was reading.
+    The outputs are listed per chain, so editing conf/builds.yaml means running this generator again."""
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
-    outs = [rel(Layout(Path("artifacts"), model, "_").model_config) for model in plan["models"]]
-    outs += [rel(Layout(Path("artifacts"), item["model"], item["target"], item["quant"]).build_config)
-             for item in plan["chains"].values()]
-    return {"cmd": "python -m stages.compose", "deps": ["conf", "stages/compose.py", "stages/core"], "outs": outs}
+    stages = {}
+    for model in plan["models"]:
+        outs = [rel(Layout(Path("artifacts"), model, "_").model_config)]
+        outs += [rel(Layout(Path("artifacts"), item["model"], item["target"], item["quant"]).build_config)
+                 for item in plan["chains"].values() if item["model"] == model]
+        stages[compose_stage_name(model)] = {"cmd": f"python -m stages.compose --model {model} --chains",
+                                             "deps": ["conf", "stages/compose.py", "stages/core"], "outs": outs}
+    return stages
+
+
+def compose_stage_name(model: str) -> str:
+    return f"compose_{model}"
 
 
 def stage_entry(stage: Stage) -> dict[str, Any]:
@@ -126,7 +137,7 @@ def dvc_plots() -> list[dict[str, Any]]:
 
 
 def render() -> str:
-    stages: dict[str, Any] = {"compose": compose_stage()}
+    stages: dict[str, Any] = compose_stages()
     for name in STAGE_MODULES:
         stages[name] = stage_entry(load_stage(name))
     stages["arm64"] = arm64_stage()
@@ -135,7 +146,7 @@ def render() -> str:
     stages["report"] = report_stage()
     doc = {"vars": ["conf/builds.yaml"], "stages": stages, "plots": dvc_plots()}
     text = yaml.safe_dump(doc, sort_keys=False, width=120)
-    return HEADER + re.sub(r"\n(  [a-z_]+:\n)", r"\n\n\1", text)  # a blank line between stages
+    return HEADER + re.sub(r"\n(  [a-z0-9_]+:\n)", r"\n\n\1", text)  # a blank line between stages
 
 
 def main(argv: list[str] | None = None) -> int:
