@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from . import InputSpecError, RuntimeLoadError, load, load_image
+from . import load, load_image
+from .errors import exit_code, say_bug
 
 
 def positive(text: str) -> int:
@@ -29,23 +30,29 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Under the one error contract (runtime.errors.exit_code): a user error is one line and exit 2,
+    anything else is said to be a bug, with its traceback (exit 3)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
-        from .verify import main as verify_main
+        from .verify import BUG, main as verify_main
 
-        return verify_main(argv[1:])
+        def bug(where: str) -> int:
+            say_bug(where)
+            return BUG
+
+        return exit_code(lambda: verify_main(argv[1:]), "python -m runtime verify", bug=bug)
+    return exit_code(lambda: infer(argv), "python -m runtime")
+
+
+def infer(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
     parser.add_argument("artifact", help="model.<ext> with its manifest.json beside it")
     parser.add_argument("image", help="an image file (any format Pillow reads)")
     parser.add_argument("--runs", type=positive, default=20, help="timed runs after 3 warm-up runs")
     parser.add_argument("--threads", type=positive, default=None, help="intra-op threads (default: manifest)")
     args = parser.parse_args(argv)
-    try:
-        session = load(args.artifact, threads=args.threads)
-        x = session.preprocess(load_image(args.image))
-    except (RuntimeLoadError, InputSpecError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    session = load(args.artifact, threads=args.threads)
+    x = session.preprocess(load_image(args.image))
     for _ in range(3):
         logits = session.run(x)
     times = []

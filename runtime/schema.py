@@ -76,7 +76,9 @@ def _preprocess(pre: Any, key: str, layout: str, shape: list) -> None:
             raise _Fail(f"{key}.std", f"must be > 0 everywhere, got {values}")
     spatial = shape[2:4] if layout == "NCHW" else shape[1:3]
     if "crop" in pre:
-        _list(pre["crop"], f"{key}.crop", lambda v, k: _int(v, k, 1), min_len=2)
+        crop = _list(pre["crop"], f"{key}.crop", lambda v, k: _int(v, k, 1), min_len=2)
+        if len(crop) != 2:
+            raise _Fail(f"{key}.crop", f"must be [height, width], got {crop}")
     elif not all(isinstance(d, int) for d in spatial):
         raise _Fail(f"{key}.crop", "is required when the input's height or width is free")
     shape_channels = shape[1] if layout == "NCHW" else shape[3]
@@ -94,6 +96,9 @@ def _tensor(value: Any, key: str, is_input: bool) -> dict:
         if len(shape) != 4:
             raise _Fail(f"{key}.shape", f"has {len(shape)} dimension(s); a {layout} image input has 4")
     if is_input and t.get("preprocess") is not None:
+        if len(shape) != 4:  # preprocessing makes an image batch, whatever the layout says
+            raise _Fail(f"{key}.shape", f"has {len(shape)} dimension(s); an input with preprocessing is an image "
+                                        "batch of 4 (N, C, H, W or N, H, W, C)")
         _preprocess(t["preprocess"], f"{key}.preprocess", t.get("layout") or "NCHW", shape)
     if t.get("labels") is not None:
         labels = _list(t["labels"], f"{key}.labels", _str, min_len=1)
@@ -119,8 +124,11 @@ def _check(data: Any) -> None:
         _int(runtime["threads"], "runtime.threads", 1, 1024)
     if runtime.get("providers") is not None:
         _list(runtime["providers"], "runtime.providers", _str)
-    if data.get("toolchain") is not None:
-        _dict(data["toolchain"], "toolchain")
+    for section in ("toolchain", "torch"):
+        if data.get(section) is not None:
+            _dict(data[section], section)
+    if isinstance(data.get("torch"), dict) and data["torch"].get("quantized_engine") is not None:
+        _str(data["torch"]["quantized_engine"], "torch.quantized_engine")
 
 
 def check(data: Any, where: str) -> None:

@@ -15,7 +15,12 @@ def export(cfg: Config, layout: Layout) -> None:
     import onnx
     import torch
 
-    traced = torch.jit.load(str(layout.traced), map_location="cpu")
+    try:
+        traced = torch.jit.load(str(layout.traced), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as exc:  # not a TorchScript archive: truncated, or another file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"{layout.traced} is not a TorchScript archive torch can load ({first[:200]})",
+                         hint=f"rebuild it: `python -m stages.trace model={cfg.model.name}` (or `dvc repro`)") from None
     example = torch.zeros(cfg.model.input.shape)
     with atomic_path(layout.exported) as tmp, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which cannot take a traced

@@ -1,4 +1,5 @@
 """Config composition and validation: a typo names the key, a bad choice lists the options."""
+import subprocess
 import sys
 
 import pytest
@@ -115,6 +116,39 @@ def test_a_conf_file_that_is_not_utf8_is_named(tmp_path):
         check_yaml_syntax(tmp_path / "conf")
 
 
+def test_a_list_where_a_target_mapping_belongs_is_named(tmp_path):
+    from stages.core.cli import check_yaml_syntax
+
+    (tmp_path / "conf" / "target").mkdir(parents=True)
+    (tmp_path / "conf" / "target" / "board.yaml").write_text("- name: board\n- format: onnx\n")
+    with pytest.raises(BuildError, match=r"conf/target/board.yaml holds a list, but an option of the config group "
+                                         r"'target' is a mapping"):
+        check_yaml_syntax(tmp_path / "conf")
+
+
+def test_a_broken_file_in_an_added_config_dir_is_named(tmp_path):
+    extra = tmp_path / "more"
+    (extra / "target").mkdir(parents=True)
+    (extra / "target" / "mine.yaml").write_text("name: [mine\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.convert", "--config-dir", str(extra), "target=mine", "--cfg", "job"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "more/target/mine.yaml is not valid YAML at line 2" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_traced_file_that_is_not_torchscript_names_the_file_and_the_stage_that_makes_it(tmp_path):
+    from stages.core.cli import layout_for
+    from stages.export import export
+
+    cfg = load(["model=fashion_cnn_npu", f"artifacts={tmp_path}"])
+    layout = layout_for(cfg)
+    layout.traced.parent.mkdir(parents=True)
+    layout.traced.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(BuildError, match=r"traced\.pt is not a TorchScript archive[\s\S]*python -m stages\.trace "
+                                         r"model=fashion_cnn_npu"):
+        export(cfg, layout)
+
+
 def test_every_cli_maps_user_errors_to_exit_2_and_bugs_to_a_bug_report(capsys):
     from runtime.errors import RuntimeLoadError
     from stages.core.log import cli
@@ -134,6 +168,34 @@ def test_every_cli_maps_user_errors_to_exit_2_and_bugs_to_a_bug_report(capsys):
     assert bug() == 3
     err = capsys.readouterr().err
     assert "ZeroDivisionError" in err and "internal error in demo: this is a bug in edgebuild" in err
+
+
+def test_one_error_family_for_the_build_and_the_board(capsys):
+    """BuildError and the runtime's errors are one family (runtime.errors.UserError), and the board's
+    CLIs say it through the same rule (runtime.errors.exit_code) in plain text: a board may have no Rich."""
+    from runtime.errors import InputSpecError, RuntimeLoadError, UserError, exit_code
+
+    assert all(issubclass(e, UserError) for e in (BuildError, RuntimeLoadError, InputSpecError))
+
+    def user() -> int:
+        raise InputSpecError("input 'x' has shape [1, 2], the manifest says [1, 3, 224, 224]")
+
+    assert exit_code(user, "python -m runtime") == 2
+    assert capsys.readouterr().err == "error in python -m runtime: input 'x' has shape [1, 2], the manifest says [1, 3, 224, 224]\n"
+    assert exit_code(lambda: {}["shape"], "python -m runtime") == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'shape'" in err and "internal error in python -m runtime: this is a bug" in err
+
+
+def test_a_sweeps_failure_summary_is_printed_literally(capsys, monkeypatch):
+    from stages.core import cli as stage_cli
+
+    monkeypatch.setattr(stage_cli, "SWEEP_FAILURES", ["convert model.name=[/x]: expected one of [minmax, percentile]"])
+    monkeypatch.delenv(stage_cli.SWEEP_RECORD_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        stage_cli.SweepSummary().on_multirun_end(config=None)
+    assert exit_.value.code == 2
+    assert "  - convert model.name=[/x]: expected one of [minmax, percentile]" in capsys.readouterr().err
 
 
 def test_weights_that_do_not_fit_the_model_name_file_and_model(tmp_path):

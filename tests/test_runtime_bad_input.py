@@ -46,6 +46,12 @@ def field(key: str, value):
     ("inputs.0.preprocess", {"std": [0, 0, 0]}, r"std must be > 0"),
     ("inputs.0.preprocess", {"mean": [1, 2]}, r"mean must be a list of at least 3"),
     ("artifact", "../model.onnx", r"artifact must be a file name"),
+    # two edits at once: no layout and a short shape, a crop of three
+    ("inputs", [{"name": "x", "shape": [1], "dtype": "float32", "preprocess": {}}],
+     r"inputs\[0\]\.shape has 1 dimension\(s\); an input with preprocessing is an image batch of 4"),
+    ("inputs.0.preprocess", {"crop": [16, 16, 3]}, r"inputs\[0\]\.preprocess\.crop must be \[height, width\]"),
+    ("torch", [], r"torch must be a mapping"),
+    ("torch", {"quantized_engine": 7}, r"torch\.quantized_engine must be a non-empty string"),
 ])
 def test_manifest_values_are_checked_naming_the_field(tmp_path, key, value, message):
     path = artifact(tmp_path)
@@ -138,12 +144,28 @@ def test_runtime_cli_rejects_bad_counts(tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_runtime_cli_on_a_broken_manifest_says_so(tmp_path):
+@pytest.mark.parametrize("broken", [b"[1, 2]", b'{"model": "caf\xe9"}'])
+def test_runtime_cli_on_a_broken_manifest_says_so(tmp_path, broken):
     path = artifact(tmp_path)
-    (tmp_path / "manifest.json").write_bytes(b"[1, 2]")
+    (tmp_path / "manifest.json").write_bytes(broken)
     proc = subprocess.run([sys.executable, "-m", "runtime", str(path), "/usr/share/doc/opencv-doc/examples/data/orange.jpg"],
                           cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: manifest") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error in python -m runtime: manifest") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--threads", "-4"], "got -4"), (["--max-frames", "0"], "got 0"),
+                                           (["--min-face", "x"], "got 'x'")])
+def test_the_tracking_app_rejects_bad_counts(args, message):
+    proc = subprocess.run([sys.executable, "-m", "runtime.apps.track", "--source", "0", "--detector", "d.onnx", *args],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_tracking_app_names_a_missing_artifact_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "runtime.apps.track", "--source", "0",
+                           "--detector", str(tmp_path / "blazeface.onnx")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error in python -m runtime.apps.track: no manifest at ") and "manifest.json" in proc.stderr
 
 
 def test_fuzzed_artifacts_and_manifests_give_only_project_errors(tmp_path):
@@ -183,6 +205,33 @@ def test_onpu_headers_are_validated(tmp_path):
             ("list", b"[]", "unsupported onpu header")):
         with pytest.raises(RuntimeLoadError, match=message):
             read_container(variant(name, text))
+
+
+def test_an_onpu_container_whose_members_do_not_load_says_which(tmp_path):
+    """Members that match their hashes but are not what they claim (an inner manifest that is a list, a
+    model.onnx that is not ONNX): a load error naming the member, not an AttributeError or ORT's own."""
+    import hashlib
+    import zipfile
+    from types import SimpleNamespace
+
+    from runtime.backends.onpu import open_onpu
+    from test_format_onpu import build_onpu
+
+    good = build_onpu(tmp_path)
+    with zipfile.ZipFile(good) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu"},
+                               check_backend_version=lambda package, loaded: None)
+    for member, data, message in (("manifest.json", b"[]", "the manifest.json inside the container is not a JSON object"),
+                                  ("model.onnx", b"not onnx", "could not open its member model.onnx")):
+        header = json.loads(members["onpu.json"])
+        header["members"][member] = hashlib.sha256(data).hexdigest()
+        path = tmp_path / f"{member}.onpu"
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, blob in {**members, member: data, "onpu.json": json.dumps(header).encode()}.items():
+                zf.writestr(name, blob)
+        with pytest.raises(RuntimeLoadError, match=message):
+            open_onpu(path, manifest)
 
 
 def test_a_torchscript_file_that_is_not_one_is_a_load_error(tmp_path):

@@ -94,3 +94,16 @@ def test_the_runtime_wheel_holds_the_runtime_and_nothing_of_the_build(tmp_path):
     meta = tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["project"]
     assert meta["requires-python"] == ">=3.9" and [d.split(">=")[0] for d in meta["dependencies"]] == ["numpy", "pillow"]
     assert {"onnx", "rknn", "torch", "apps"} <= set(meta["optional-dependencies"])
+
+
+def test_verify_reports_what_the_non_finite_input_check_costs():
+    """verify times the run and, for float inputs, the one np.isfinite pass that refuses NaN and Inf,
+    as a share of the run (issue: the check is on by default; say what it costs)."""
+    from runtime.verify import latency
+
+    calls = []
+    session = types.SimpleNamespace(run=lambda x: calls.append(x) or sum(range(20000)))
+    timed = latency(session, np.zeros((1, 3, 224, 224), np.float32), warmup=1, runs=20)
+    assert len(calls) == 21 and timed["finite_check_ms"] > 0
+    assert timed["finite_check_share"] == pytest.approx(timed["finite_check_ms"] / timed["p50"])
+    assert latency(session, np.zeros((1, 3, 8, 8), np.uint8), warmup=0, runs=3)["finite_check_ms"] is None

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..__main__ import positive
+from ..errors import UserError, exit_code
 from ..tracking import Sort, Track
 
 
@@ -342,33 +344,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="a video file, a stream URL, or a camera index (0)")
     parser.add_argument("--detector", nargs="+", required=True, metavar="ARTIFACT",
                         help="BlazeFace: its one artifact; MTCNN: the P-, R- and O-Net artifacts (manifests beside them)")
-    parser.add_argument("--min-face", type=int, default=20,
+    parser.add_argument("--min-face", type=positive, default=20,
                         help="smallest face to find, pixels (larger: fewer pyramid levels, faster)")
     parser.add_argument("--headpose", help="a head-pose artifact (WHENet-style, 252 logits)")
     parser.add_argument("--output", help="write the annotated video here (mp4v)")
     parser.add_argument("--json", help="write per-frame tracks and a summary here")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many processed frames")
+    parser.add_argument("--max-frames", type=positive, default=None, help="stop after this many processed frames")
     rt = parser.add_mutually_exclusive_group()
     rt.add_argument("--realtime", dest="realtime", action="store_true", default=None,
                     help="drop stale frames (default for cameras and URLs)")
     rt.add_argument("--no-realtime", dest="realtime", action="store_false",
                     help="process every frame in order (default for files)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: manifest)")
+    parser.add_argument("--threads", type=positive, default=None, help="intra-op threads per model (default: manifest)")
     parser.add_argument("--max-age", type=int, default=5, help="frames a lost track is kept")
     parser.add_argument("--min-hits", type=int, default=3, help="matches before a new track is shown")
     parser.add_argument("--iou", type=float, default=0.3, help="least IoU to match a detection to a track")
     parser.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
+    return exit_code(lambda: track(args), "python -m runtime.apps.track")
 
-    from ..errors import RuntimeLoadError
 
+def track(args: argparse.Namespace) -> int:
     try:
         detector = open_detector(args.detector, threads=args.threads, min_face=args.min_face)
         headpose = HeadPose.from_artifact(args.headpose, threads=args.threads) if args.headpose else None
         source = FrameSource(parse_source(args.source), realtime=args.realtime)
-    except (RuntimeLoadError, OSError, ImportError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ImportError, ValueError) as exc:  # a source that does not open, OpenCV missing, a bad count
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(str(exc)) from exc
     writer = LazyVideoWriter(args.output, fps=source.fps) if args.output else None
     mode = "realtime (drops stale frames)" if source.realtime else "every frame, in order"
     print(f"source {args.source}: {mode}", flush=True)

@@ -66,7 +66,12 @@ def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None
 
     ort = import_ort(manifest)
     header, members = read_container(path)
-    inner = json.loads(members.get("manifest.json", b"{}"))
+    try:
+        inner = json.loads(members.get("manifest.json", b"{}").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        inner = None
+    if not isinstance(inner, dict):
+        raise RuntimeLoadError(f"{path}: the manifest.json inside the container is not a JSON object; rebuild the artifact")
     mismatched = [k for k, v in inner.items() if k in manifest.raw and manifest.raw[k] != v]
     if mismatched:
         raise RuntimeLoadError(f"{path}: the manifest inside the container disagrees with the one beside it "
@@ -75,15 +80,27 @@ def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None
     npu_ep = header["execution_provider"]
     available = ort.get_available_providers()
     plan = header["partition"]
+
+    def session(member: str, chosen: list[str]) -> object:
+        try:
+            return ort.InferenceSession(members[member], options, providers=chosen)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise RuntimeLoadError(f"{path}: onnxruntime could not open its member {member} ({exc}); "
+                                   "rebuild the artifact") from None
+
     if npu_ep in available and (providers is None or npu_ep in providers) and not reference:
-        stages = [(ort.InferenceSession(members["npu.onnx"], options, providers=[npu_ep, "CPUExecutionProvider"]),
-                   plan["npu"]["outputs"])]
-        if "cpu.onnx" in members:
-            stages.append((ort.InferenceSession(members["cpu.onnx"], options, providers=["CPUExecutionProvider"]),
-                           plan["cpu"]["outputs"]))
-        return OnpuBackend(stages, f"onpu:{npu_ep}({len(plan['npu']['nodes'])} nodes)"
-                                   f"+CPUExecutionProvider({len(plan['cpu']['nodes'])} nodes)")
-    session = ort.InferenceSession(members["model.onnx"], options, providers=["CPUExecutionProvider"])
-    return OnpuBackend([(session, [o.name for o in session.get_outputs()])],
+        if "npu.onnx" not in members:
+            raise RuntimeLoadError(f"{path}: the container has no npu.onnx partition; rebuild the artifact")
+        try:
+            parts = [(member, plan[part]["outputs"], len(plan[part]["nodes"])) for part, member in
+                     (("npu", "npu.onnx"), ("cpu", "cpu.onnx")) if member in members]
+        except (KeyError, TypeError) as exc:
+            raise RuntimeLoadError(f"{path}: onpu.json's partition lacks {exc}; rebuild the artifact") from None
+        stages = [(session(member, [npu_ep, "CPUExecutionProvider"] if member == "npu.onnx" else ["CPUExecutionProvider"]),
+                   outputs) for member, outputs, _ in parts]
+        return OnpuBackend(stages, f"onpu:{npu_ep}({parts[0][2]} nodes)"
+                                   f"+CPUExecutionProvider({sum(n for _, _, n in parts[1:])} nodes)")
+    whole = session("model.onnx", ["CPUExecutionProvider"])
+    return OnpuBackend([(whole, [o.name for o in whole.get_outputs()])],  # type: ignore[attr-defined]
                        "onpu:CPUExecutionProvider (" + ("reference semantics: " if reference else
                        f"NPU provider {npu_ep} not registered here: ") + "whole graph on CPU)")

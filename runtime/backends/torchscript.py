@@ -30,7 +30,7 @@ def open_torchscript(path: Path, manifest: Manifest, providers: list[str] | None
         import torch
     except ImportError:
         raise BackendUnavailable(f"{path} is TorchScript: pip install torch (on a Pi: the aarch64 CPU wheel)") from None
-    engine = manifest.raw.get("torch", {}).get("quantized_engine")
+    engine = (manifest.raw.get("torch") or {}).get("quantized_engine")
     if engine:
         if engine not in torch.backends.quantized.supported_engines:
             raise BackendUnavailable(f"{path} needs the {engine} quantized engine, this torch has "

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from runtime.errors import UserError
+
 from .config import Config, validate
 from .errors import BuildError
 from .layout import CONF_DIR, Layout
@@ -78,7 +80,7 @@ def run_stage(stage: Stage, raw: DictConfig) -> None:
             require_inputs(stage, cfg, layout)
         console.rule(f"[bold]{stage.name}[/] ({layout.model}/{layout.target}/{layout.quant})")
         execute(stage, cfg, layout)
-    except BuildError as exc:
+    except UserError as exc:  # BuildError, and the runtime's errors when evaluate loads an artifact
         user_error(f"stage {stage.name!r}", exc)
         if _in_multirun():
             _record_failure(f"{stage.name} {' '.join(_overrides())}: {str(exc).splitlines()[0]}")
@@ -138,27 +140,45 @@ class SweepSummary(Callback):
                 Path(folder).parent.rmdir()
         if failures:
             console.print(f"[bold red]{len(failures)} job(s) of the sweep failed:[/]")
-            for line in failures:
-                console.print(f"  - {line}")
+            from rich.markup import escape
+
+            for line in failures:  # overrides and messages, printed literally
+                console.print(f"  - {escape(line)}")
             sys.exit(2)
 
 
 def check_yaml_syntax(conf_dir: Path = CONF_DIR) -> None:
-    """Parse every config file first: Hydra reports a YAML syntax error as a bare traceback."""
+    """Parse every config file first: Hydra reports a YAML syntax error as a bare traceback, and a file
+    that is not a mapping (a list where a target belongs) as a type error that names no file."""
     import yaml
 
     for path in sorted(conf_dir.rglob("*.yaml")):
+        name = path.relative_to(conf_dir.parent)
         try:
-            yaml.safe_load(path.read_bytes().decode("utf-8"))
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise BuildError(f"{path.relative_to(conf_dir.parent)} is not UTF-8 text (byte {exc.start})",
-                             hint="save it as UTF-8") from None
+            raise BuildError(f"{name} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise BuildError(f"{path.relative_to(conf_dir.parent)} is not valid YAML{at}: "
-                             f"{getattr(exc, 'problem', None) or exc}",
+            raise BuildError(f"{name} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}",
                              hint="fix the syntax there (an unclosed bracket or quote, or bad indentation)") from None
+        if data is not None and not isinstance(data, dict):
+            group = path.parent.relative_to(conf_dir).as_posix()
+            what = f"an option of the config group {group!r}" if group != "." else "a config file"
+            raise BuildError(f"{name} holds a {type(data).__name__}, but {what} is a mapping of keys to values",
+                             hint="write it as `key: value` lines (see the other files beside it)")
+
+
+def config_dirs(argv: Sequence[str]) -> list[Path]:
+    """conf/, and any --config-dir / -cd that a command line adds (Hydra reads those files too)."""
+    dirs = [CONF_DIR]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    return dirs
 
 
 class StageTask:
@@ -190,7 +210,10 @@ def hydra_entry(stage: Stage) -> Callable[[], None]:
 
     def entry() -> None:
         try:
-            check_yaml_syntax()
+            for conf_dir in config_dirs(sys.argv[1:]):
+                if not conf_dir.is_dir():
+                    raise BuildError(f"--config-dir {conf_dir}: no such folder")
+                check_yaml_syntax(conf_dir)
         except BuildError as exc:
             sys.exit(user_error(f"stage {stage.name!r}", exc))
         main()

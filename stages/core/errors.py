@@ -1,8 +1,10 @@
 """Two kinds of failure: the user's (fixable by editing config or installing something) and ours."""
 from __future__ import annotations
 
+from runtime.errors import UserError
 
-class BuildError(Exception):
+
+class BuildError(UserError):
     """A problem the user can fix. The message names the key, node or file, and says what to do."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:

@@ -56,22 +56,16 @@ def internal_error(where: str) -> int:
 
 
 def cli(where: str):  # noqa: ANN201 - a decorator
-    """Every CLI's main through one error contract: user errors (BuildError, and the runtime's
-    RuntimeLoadError / InputSpecError) become one message and exit 2; anything else is reported as a bug."""
+    """Every CLI's main through one error contract (runtime.errors.exit_code): a user error (the
+    UserError family: BuildError, the runtime's RuntimeLoadError / InputSpecError) becomes one
+    message and exit 2; anything else is reported as a bug (exit 3)."""
     import functools
 
     def wrap(main):  # noqa: ANN001, ANN202
         @functools.wraps(main)
         def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            from runtime.errors import InputSpecError, RuntimeLoadError
+            from runtime.errors import exit_code
 
-            from .errors import BuildError
-
-            try:
-                return main(*args, **kwargs)
-            except (BuildError, RuntimeLoadError, InputSpecError) as exc:
-                return user_error(where, exc)
-            except Exception:  # noqa: BLE001 - the contract: a bug is said to be one
-                return internal_error(where)
+            return exit_code(lambda: main(*args, **kwargs), where, user=user_error, bug=internal_error)
         return run
     return wrap

@@ -65,8 +65,8 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
         prepared = _prepared(layout, Path(tmp))
         if cache is None or not cache.exists():
             console.print(f"calibrating on {n} tensors ({q.calibration.method.value})")  # tests wait for this line
-        _quantize_static_checked(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        _checked(
+            "quantize_static", str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
             per_channel=q.per_channel, reduce_range=False,
             activation_type=_qtype(q.activation_type), weight_type=_qtype(q.weight_type),
             calibrate_method=methods[q.calibration.method],
@@ -83,13 +83,13 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
     return {"calibration_samples": n}
 
 
-def _quantize_static_checked(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
-    """ONNX Runtime's quantize_static, its failures (a node it cannot quantize, a bad exclusion) as a
-    BuildError naming the graph, instead of the library's traceback."""
-    from onnxruntime.quantization import quantize_static
+def _checked(function: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    """One of ONNX Runtime's quantizers (quantize_static, quantize_dynamic), its failures (a node it
+    cannot quantize, a bad exclusion) as a BuildError naming the graph, instead of the library's traceback."""
+    from onnxruntime import quantization
 
     try:
-        quantize_static(*args, **kwargs)
+        getattr(quantization, function)(*args, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"ONNX Runtime's quantizer failed on {args[0]}: {type(exc).__name__}: {first[:300]}",
@@ -99,14 +99,12 @@ def _quantize_static_checked(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
 
 def _dynamic(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[Path] = None) -> dict:  # noqa: ANN001
     """Weights INT8 ahead of time, activations quantized per call (no calibration): for Linear/MatMul."""
-    from onnxruntime.quantization import quantize_dynamic
-
     q = cfg.quant
     op_types = list(q.op_types) or ["MatMul", "Gemm"]
     with tempfile.TemporaryDirectory() as tmp:
-        quantize_dynamic(str(_prepared(layout, Path(tmp))), str(out), per_channel=q.per_channel, reduce_range=False,
-                         weight_type=_qtype(q.weight_type), op_types_to_quantize=op_types,
-                         nodes_to_exclude=[*q.exclude_nodes, *exclude])
+        _checked("quantize_dynamic", str(_prepared(layout, Path(tmp))), str(out), per_channel=q.per_channel,
+                 reduce_range=False, weight_type=_qtype(q.weight_type), op_types_to_quantize=op_types,
+                 nodes_to_exclude=[*q.exclude_nodes, *exclude])
     return {"op_types": op_types}
 
 

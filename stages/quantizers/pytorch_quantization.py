@@ -255,6 +255,10 @@ def _export(cfg, module: Any, out: Path) -> dict:  # noqa: ANN001
             torch.onnx.export(traced, (example,), str(out), dynamo=False, opset_version=opset,
                               input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
                               do_constant_folding=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # an op with no ONNX symbolic, a quantizer it cannot trace
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"exporting the fake-quantized {cfg.model.name!r} to ONNX (opset {opset}) failed: {first[:300]}",
+                         hint="check quant.exclude_nodes, or the model's export.opset") from None
     finally:
         quant_nn.TensorQuantizer.use_fb_fake_quant = previous
     model = onnx.load(str(out))
