@@ -5,7 +5,7 @@ import warnings
 
 from stages.core.cli import hydra_entry
 from stages.core.config import Config
-from stages.core.errors import BuildError
+from stages.core.errors import BuildError, first_line
 from stages.core.fileio import atomic_path
 from stages.core.layout import Layout
 from stages.core.pipeline import Stage
@@ -18,7 +18,7 @@ def export(cfg: Config, layout: Layout) -> None:
     try:
         traced = torch.jit.load(str(layout.traced), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:  # not a TorchScript archive: truncated, or another file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BuildError(f"{layout.traced} is not a TorchScript archive torch can load ({first[:200]})",
                          hint=f"rebuild it: `python -m stages.trace model={cfg.model.name}` (or `dvc repro`)") from None
     example = torch.zeros(cfg.model.input.shape)
@@ -36,7 +36,7 @@ def export(cfg: Config, layout: Layout) -> None:
                 if cfg.model.export.dynamic_input else None,
             )
         except (RuntimeError, TypeError, ValueError) as exc:  # e.g. an op with no ONNX symbolic at this opset
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise BuildError(f"torch.onnx.export failed for model {cfg.model.name!r} at opset "
                              f"{cfg.model.export.opset}: {first[:300]}",
                              hint="try another model.export.opset, or a module rewrite (model.surgery) for the op "

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import BuildError
+from .errors import BuildError, first_line
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -372,7 +372,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise BuildError(
-            f"invalid config{f' at key {key!r}' if key else ''}: {_first_line(exc)}",
+            f"invalid config{f' at key {key!r}' if key else ''}: {first_line(exc)}",
             hint="check the spelling and type of that key against stages/core/config.py",
         ) from None
     check_values(typed)
@@ -459,7 +459,3 @@ def check_values(cfg: Config) -> None:
 def to_plain(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain JSON-able data (enums as strings), for manifests."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)  # type: ignore[return-value]
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -18,3 +18,8 @@ class ToolchainUnavailable(BuildError):
 
 class InternalError(Exception):
     """A bug in this project, not in the user's config. Please report it with the traceback."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line for a one-line message (its type when it has no text)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from .config import ModelConfig, WeightsConfig
-from .errors import BuildError
+from .errors import BuildError, first_line
 from .fileio import sha256_file
 from .registry import Registry
 
@@ -74,7 +74,7 @@ def load_weights(module: Any, path: Any, name: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError, EOFError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BuildError(f"weights file {path} does not fit model {name!r}: {first[:300]}",
                          hint="it is from another model or corrupt: rebuild it (`dvc repro`), or fix model.weights") from None
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from stages.core import onnxgraph
 from stages.core.config import CalibMethod, QType
-from stages.core.errors import BuildError
+from stages.core.errors import BuildError, first_line
 from stages.core.log import console, track
 
 from . import SCHEMES, Scheme
@@ -91,7 +91,7 @@ def _checked(function: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
     try:
         getattr(quantization, function)(*args, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BuildError(f"ONNX Runtime's quantizer failed on {args[0]}: {type(exc).__name__}: {first[:300]}",
                          hint="check quant.exclude_nodes / exclude_op_types name nodes and ops of this graph, "
                               "or try another scheme") from None

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stages.core.config import CalibMethod, QType
-from stages.core.errors import BuildError
+from stages.core.errors import BuildError, first_line
 from stages.core.log import console
 
 from . import SCHEMES, Scheme
@@ -256,7 +256,7 @@ def _export(cfg, module: Any, out: Path) -> dict:  # noqa: ANN001
                               input_names=[cfg.model.input.name], output_names=[cfg.model.output.name],
                               do_constant_folding=True)
     except (RuntimeError, TypeError, ValueError) as exc:  # an op with no ONNX symbolic, a quantizer it cannot trace
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BuildError(f"exporting the fake-quantized {cfg.model.name!r} to ONNX (opset {opset}) failed: {first[:300]}",
                          hint="check quant.exclude_nodes, or the model's export.opset") from None
     finally:
