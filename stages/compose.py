@@ -24,8 +24,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from stages.core.budget import check_resolvable
 from stages.core.cli import layout_for, load
 from stages.core.config import to_plain
+from stages.core.datasets import dataset_size
 from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import CONF_DIR
@@ -51,6 +53,8 @@ def compose_files(model: str, target: str | None, quant: str | None, overrides: 
     cfg = load([f"model={model}", *([f"target={target}"] if target else []), *([f"quant={quant}"] if quant else []),
                 *overrides])
     layout = layout_for(cfg)
+    n, distinct = dataset_size(cfg.model.gold)
+    check_resolvable(cfg.model, n)  # a gold set too small for its budget is a configuration error, not a PASS
     plain = to_plain(cfg)
     if target is None:
         write_json(layout.model_config, with_digests({"model": plain["model"]}))

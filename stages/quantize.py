@@ -46,9 +46,9 @@ def quantize(cfg: Config, layout: Layout) -> dict:
                else "the repair could not fix it")
         raise BuildError(
             f"{cfg.model.name} on {cfg.target.name} with {cfg.quant.name} misses its accuracy budget "
-            f"(drop {budget['final']['drop']:.2f}, agreement {budget['final']['agreement']:.3f}) and {why}",
+            f"on its validation split {budget['split']} ({'; '.join(budget['final']['failures'])}) and {why}",
             hint=f"see {layout.quantize_report} (per-layer sensitivity, steps); raise quant.repair.max_float_nodes, "
-                 "try another calibration method or per-channel weights, or relax the budget")
+                 "try another calibration method or per-channel weights; the budget is the model's requirement")
     return report
 
 
@@ -80,8 +80,8 @@ def print_budget_table(title: str, budget: dict) -> None:
 
 STAGE = Stage(
     name="quantize", scope="build",
-    params=("model.module", "model.surgery", "model.input", "model.export.opset", "model.gold", "quant",
-            "model.task", "model.task_params", "model.budget", "target.budget", "target.runtime", "rewrite"),
+    params=("model.module", "model.surgery", "model.input", "model.export.opset", "model.validation", "quant",
+            "model.task", "model.task_params", "model.budget", "target.runtime", "rewrite"),
     needs=("rewrite", "calibrate"),
     deps=lambda L: [L.rewritten, L.calibration, L.weights],  # weights: schemes that quantize the module
     outs=lambda L: [L.quantized, L.quantize_report],

@@ -120,6 +120,9 @@ def build_row(root: Path, model: str, target: str, quant: str) -> dict:
         "agreement": (metrics.get("fidelity") or {}).get("agreement"),
         "intervals": metrics.get("intervals") or {},
         "min_agreement": budget.get("min_agreement"),
+        "budget_bounds": {k: budget.get(k) for k in ("min_confident_agreement", "min_top1_in_top5", "min_cosine")},
+        "quantities": budget.get("quantities") or {},
+        "sources": metrics.get("sources"), "sanity": metrics.get("sanity"),
         "cosine_mean": (metrics.get("fidelity") or {}).get("cosine_mean"),
         "error": (metrics.get("fidelity") or {}).get("error"), "max_error": budget.get("max_error"),
         "latency_ms": latency.get("artifact"), "torch_eager_fp32_ms": latency.get("torch_eager_fp32"),
@@ -354,12 +357,32 @@ def speedup_text(row: dict) -> str:
     return f"({text})" if row.get("latency_unreliable") and row["speedup"] is not None else text
 
 
+def fidelity_text(row: dict) -> str:
+    """A fidelity set's bounds (no labels): each quantity with its interval and n, against its bound."""
+    q, bounds = row["quantities"], row["budget_bounds"]
+    parts = []
+    for name, key, label in (("confident_agreement", "min_confident_agreement", "confident agreement"),
+                             ("top1_in_top5", "min_top1_in_top5", "float top-1 in top-5"),
+                             ("cosine", "min_cosine", "cosine")):
+        m = q.get(name)
+        if m and m.get("value") is not None:
+            lo, hi = m["ci95"]
+            parts.append(f"{label} {m['value']:.3f} [{lo:.3f}, {hi:.3f}] n={m['n']} (≥ {_num(bounds.get(key), 'g')})")
+    sanity = row.get("sanity")
+    if sanity and sanity.get("artifact"):
+        parts.append(f"sanity {sanity['dataset']} top-1 {sanity['float']['top1']:.1f} → {sanity['artifact']['top1']:.1f} "
+                     f"(n={sanity['n']}, not budgeted)")
+    return f"fidelity set, {row.get('sources')} sources: " + "; ".join(parts)
+
+
 def row_cells(row: dict, notes: list[str]) -> list[str]:
     ci = row.get("intervals") or {}
     top1 = NA if row["top1"] is None else f"{_num(row['float_top1'], '.2f')} → {row['top1']:.2f}" + interval_text(
         (ci.get("artifact") or {}).get("top1"))
     if row["top1"] is None and row.get("error") is not None:  # no labels (head pose): the error vs float
         top1 = f"error vs float {row['error']:.2f} (≤ {_num(row.get('max_error'), 'g')})"
+    if row["top1"] is None and row.get("quantities", {}).get("confident_agreement"):
+        top1 = fidelity_text(row)
     drop = NA if row["drop"] is None else f"{row['drop']:.2f}{interval_text(ci.get('drop'))} (≤ {_num(row['max_drop'], 'g')})"
     agreement = NA if row["agreement"] is None else (
         f"{row['agreement']:.3f}{interval_text(ci.get('agreement'), 0.01)} (≥ {_num(row['min_agreement'], 'g')})")

@@ -1,7 +1,7 @@
 """train: the float model's weights. Trains from scratch when the model has a `train` recipe, applies
 `surgery` (module rewrites) and fine-tunes, or takes the pretrained file as is.
 
-Accuracy on the model's gold set is recorded after training, right after surgery (BatchNorm
+Accuracy on the model's validation split (never its gold set) is recorded after training, right after surgery (BatchNorm
 statistics re-estimated, no gradient step) and after fine-tuning.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def train(cfg: Config, layout: Layout) -> dict:
                     "parameters": sum(p.numel() for p in module.parameters())}
     if model.train or model.surgery:
         pre = preprocess_for(model.input)
-        test = labelled_tensors(model.gold, pre)
+        test = labelled_tensors(model.validation, pre)  # never the gold set: only evaluate reads it
         data = model.train.data if model.train else model.surgery.data  # type: ignore[union-attr]
         train_set = labelled_tensors(data, pre)  # type: ignore[arg-type]
     if model.train:
@@ -46,7 +46,7 @@ def train(cfg: Config, layout: Layout) -> dict:
         report["epochs"] += fit(module, train_set, test, model.surgery.finetune, "finetune")
         report["accuracy"]["after_finetune"] = report["epochs"][-1]["test_accuracy"]
     if report["accuracy"]:
-        report["accuracy"]["dataset"] = model.gold.name
+        report["accuracy"]["dataset"] = model.validation.name
     with atomic_path(layout.weights) as tmp:
         torch.save(module.state_dict(), tmp)
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -56,7 +56,7 @@ def train(cfg: Config, layout: Layout) -> dict:
 
 STAGE = Stage(
     name="train", scope="model",
-    params=("model.module", "model.weights", "model.train", "model.surgery", "model.input", "model.gold"),
+    params=("model.module", "model.weights", "model.train", "model.surgery", "model.input", "model.validation"),
     needs=(),
     deps=lambda L: [],
     outs=lambda L: [L.weights, L.train_report],

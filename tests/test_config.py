@@ -7,7 +7,7 @@ from hydra.errors import MissingConfigException
 
 from conftest import ROOT, copy_project, run
 from stages.core.cli import compose, load
-from stages.core.config import WeightsConfig
+from stages.core.config import WeightsConfig, to_plain, validate
 from stages.core.errors import BuildError
 from stages.core.models import locate_weights_file
 
@@ -16,7 +16,48 @@ def test_default_build_composes_and_takes_the_targets_quant_scheme():
     cfg = load()
     assert (cfg.model.name, cfg.target.name, cfg.quant.name) == ("mobilenet_v2", "rpi4", "int8_static")
     assert cfg.model.input.shape == [1, 3, 224, 224]
-    assert cfg.model.gold.items and all(item.label is not None for item in cfg.model.gold.items)
+    # the gold set is a fidelity set (real inputs, no labels); the hand-labelled photos are the sanity row
+    assert not cfg.model.gold.labelled and cfg.model.gold.videos and cfg.model.budget.metric is None
+    assert cfg.model.sanity.items and all(item.label is not None for item in cfg.model.sanity.items)
+    assert {cfg.model.gold.name, cfg.model.validation.name, cfg.model.calibration.name} == {
+        "imagenet_fidelity", "imagenet_validation", "imagenet_calibration"}
+
+
+def test_no_target_holds_a_budget_and_every_model_has_one():
+    """A budget says what the model's users need: it lives on the model, the same on every target."""
+    from stages.core.config import TargetConfig
+
+    assert "budget" not in TargetConfig.__dataclass_fields__
+    for target in sorted(p.stem for p in (ROOT / "conf/target").glob("*.yaml")):
+        assert "budget" not in (ROOT / f"conf/target/{target}.yaml").read_text(), target
+    plain = to_plain(load())
+    plain["target"]["budget"] = {"max_drop": 12.0}  # what five targets carried: "one gold photo in nine"
+    with pytest.raises(BuildError, match="target.budget"):
+        validate(plain)
+
+
+def test_sets_disjoint_by_source_for_the_fidelity_model():
+    """Selection never sees the test set: MobileNetV2's gold, validation and calibration share no photo, and a
+    video two of them use is cut into frame ranges at least a second apart (neighbouring frames are near-twins)."""
+    from stages.core.datasets import _frame_count, locate
+
+    cfg = load()
+    sets = (("gold", cfg.model.gold), ("validation", cfg.model.validation), ("calibration", cfg.model.calibration))
+    photos = {name: {(i.source, i.file) for i in ds.items} for name, ds in sets}
+    frames: dict[str, dict[tuple, set[int]]] = {name: {} for name, _ in sets}
+    for name, ds in sets:
+        for v in ds.videos:
+            end = _frame_count(locate(v.source, v.file, "video"))
+            taken = range(v.start, end, v.every)
+            frames[name][(v.source, v.file)] = set(taken[:v.count] if v.count else taken)
+    names = [name for name, _ in sets]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not photos[a] & photos[b], (a, b)
+            for video in frames[a].keys() & frames[b].keys():
+                gap = min(abs(x - y) for x in frames[a][video] for y in frames[b][video])
+                assert gap >= 20, (a, b, video, gap)
+    assert ("opencv-doc", "vtest.avi") in frames["gold"] and ("opencv-doc", "vtest.avi") in frames["validation"]
 
 
 def test_command_line_quant_wins_over_the_targets_default():

@@ -88,6 +88,28 @@ def test_static_schemes_make_the_graph_they_promise(model):
     assert producers.get(gemm.input[1]) != "DequantizeLinear"
 
 
+def test_static_int8_writes_its_outputs_in_float_from_running_average_ranges(model):
+    """int8_static: the op that computes a graph output writes it unrounded (no QDQ pair on the logits),
+    and its ranges are the running average of each tensor's extremes, so narrower than plain min/max."""
+    def output_producer(path: Path) -> str:
+        graph = onnx.load(str(path)).graph
+        return {o: n.op_type for n in graph.node for o in n.output}[graph.output[0].name]
+
+    def scales(path: Path) -> dict[str, float]:
+        return {t.name: float(numpy_helper.to_array(t)) for t in onnx.load(str(path)).graph.initializer
+                if t.name.endswith("_scale") and numpy_helper.to_array(t).size == 1}
+
+    static, details = quantize(model, "int8_static")  # (each call writes the same file: read it first)
+    assert output_producer(static) == "Gemm" and details["float_outputs"] == ["logits"]
+    averaged = scales(static)
+    rounded, details = quantize(model, "int8_static", float_outputs=False, **{"calibration.moving_average": False})
+    assert output_producer(rounded) == "DequantizeLinear" and "float_outputs" not in details
+    plain = scales(rounded)
+    shared = [name for name in averaged if name in plain]
+    assert shared and all(averaged[k] <= plain[k] * (1 + 1e-6) for k in shared)
+    assert sum(averaged[k] < plain[k] * 0.99 for k in shared) >= len(shared) // 2
+
+
 def test_fp16_and_dynamic_schemes(model):
     fp16, details = quantize(model, "fp16")
     types = {t.data_type for t in onnx.load(str(fp16)).graph.initializer}
@@ -127,7 +149,7 @@ def test_repair_keeps_the_sensitive_layer_in_float_until_the_budget_holds(tmp_pa
     reference = np.concatenate([run(rewritten, x) for x in inputs])
     judge = Judge(inputs, [{int(r.argmax())} for r in reference], reference,
                   BudgetConfig(metric="top1", max_drop=5.0), "input")
-    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    monkeypatch.setattr("stages.quantizers.repair.validation_judge", lambda cfg, layout: judge)
     cfg = load(["model=fashion_cnn_npu", "quant=int8_pertensor_minmax", "quant.repair.enabled=true",
                 "quant.calibration.num_samples=32"])
     cfg.model.input.name = "input"
@@ -153,7 +175,7 @@ def test_a_passing_build_is_left_alone(tmp_path, monkeypatch, model):
     x = model.inputs
     reference = np.concatenate([run(model.layout.rewritten, v) for v in x])
     judge = Judge(x, [{int(r.argmax())} for r in reference], reference, BudgetConfig(max_drop=100.0), "input")
-    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    monkeypatch.setattr("stages.quantizers.repair.validation_judge", lambda cfg, layout: judge)
     out, _ = quantize(model, "int8_static")
     before = out.read_bytes()
     report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
@@ -168,7 +190,7 @@ def test_a_budget_no_graph_can_meet_is_reported_not_repaired(tmp_path, monkeypat
     x = model.inputs
     reference = np.concatenate([run(model.layout.rewritten, v) for v in x])
     judge = Judge(x, [{int(r.argmax())} for r in reference], reference, budget, "input")
-    monkeypatch.setattr("stages.quantizers.repair.gold_judge", lambda cfg, layout: judge)
+    monkeypatch.setattr("stages.quantizers.repair.validation_judge", lambda cfg, layout: judge)
     out, _ = quantize(model, "int8_static")
     report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
     assert report["unattainable"] is True and report["final"]["passed"] is False
@@ -192,3 +214,23 @@ def test_fp16_keeps_ssa_when_onnxsim_shares_a_constant(tmp_path):
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     x = np.random.default_rng(0).normal(size=(1, 1, 4, 4)).astype(np.float32)
     assert np.abs(run(out, x) - run(rewritten, x)).max() < 1e-2
+
+
+def test_the_quantize_stage_never_reads_the_gold_set(tmp_path, monkeypatch, model):
+    """Selection (calibration, the sensitivity ranking, the repair's stopping rule) reads the validation
+    split; only evaluate reads the gold set. The gold set's file is made unreadable, every dataset read is
+    watched, and the budget check still runs, on the validation split."""
+    import stages.quantizers.repair as repair_module
+    from stages.quantize import STAGE
+
+    cfg = load(["model=fashion_cnn_npu", "quant=int8_pertensor_minmax", "quant.repair.enabled=true",
+                "quant.calibration.num_samples=32", "model.budget.max_drop=-1.0",  # float misses: judged, unrepaired
+                "model.gold.idx.images=no-such-file.gz"])
+    read: list[str] = []
+    real = repair_module.gold_images
+    monkeypatch.setattr(repair_module, "gold_images", lambda ds: read.append(ds.name) or real(ds))
+    out, _ = quantize(model, "int8_pertensor_minmax")
+    report = repair(cfg, model.layout, SCHEMES.get("ort_static"), out, None)
+    assert read == ["fashion_mnist_validation"] and report["split"] == "fashion_mnist_validation"
+    assert report["n"] == 5000 and report["unattainable"] is True
+    assert "model.gold" not in STAGE.params and "model.validation" in STAGE.params

@@ -72,10 +72,12 @@ class ImageItem:
 
 @dataclass
 class AugmentConfig:
-    """Random crops/flips to draw several calibration tensors from one photo."""
+    """Several tensors from one photo or frame: the plain preprocessed image, then ``samples - 1`` views
+    of it, deterministic for a given seed (calibration draws, or a fidelity set's crops and scales)."""
 
     samples: int = rule(1, ge=1)  # tensors drawn per image; 1 = the plain preprocessed image only
     min_crop: float = rule(0.35, gt=0.0, le=1.0)  # smallest crop, as a fraction of the image area
+    random_crop: bool = True  # false: every view is the whole image (with flip: plain, mirrored, plain, ...)
     flip: bool = True
     seed: int = 0
 
@@ -108,12 +110,25 @@ class NpyConfig:
     count: Optional[int] = None  # records used; None: to the end
 
 
+@dataclass
+class VideoItem:
+    """Frames of a real video: every ``every``-th frame from ``start``, at most ``count`` of them."""
+
+    source: str = MISSING  # a registered image source (stages.core.datasets.SOURCES)
+    file: str = MISSING  # e.g. vtest.avi
+    every: int = rule(1, ge=1)
+    start: int = rule(0, ge=0)
+    count: Optional[int] = rule(None, ge=1)
+
+
 class Variant(str, enum.Enum):
     """Deterministic transforms a gold set adds per item, for consistency checks (head pose)."""
 
     mirror = "mirror"  # left-right flip of the crop
     rotate_cw = "rotate_cw"  # the photo turned clockwise by `variant_degrees` about the crop's centre
     rotate_ccw = "rotate_ccw"
+    mirror_rotate_cw = "mirror_rotate_cw"  # mirrored, then turned
+    mirror_rotate_ccw = "mirror_rotate_ccw"
 
 
 @dataclass
@@ -121,7 +136,10 @@ class DatasetConfig:
     name: str = MISSING
     description: str = ""
     labels: Optional[str] = None  # class-name list the indices refer to (e.g. imagenet1k)
+    # false: a fidelity set, real inputs without labels, judged against float only (no top-1 drop)
+    labelled: bool = True
     items: List[ImageItem] = field(default_factory=list)  # photos, one by one ...
+    videos: List[VideoItem] = field(default_factory=list)  # ... and/or frames of real videos
     idx: Optional[IdxConfig] = None  # ... and/or a whole IDX file
     npy: Optional[NpyConfig] = None  # ... and/or one .npy array
     variants: List[Variant] = field(default_factory=list)  # each item is also scored under these
@@ -213,7 +231,7 @@ class RecipeConfig:
 class TrainConfig:
     """Train the model (from `weights`, usually `none`: from scratch) in the train stage."""
 
-    data: DatasetConfig = MISSING  # training split; evaluated on `model.gold` after every epoch
+    data: DatasetConfig = MISSING  # training split (never the validation or gold split); scored on `model.validation`
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
@@ -237,21 +255,36 @@ class ModelConfig:
     input: InputSpec = field(default_factory=InputSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     export: ExportConfig = field(default_factory=ExportConfig)
-    gold: DatasetConfig = MISSING
+    gold: DatasetConfig = MISSING  # the test split: only evaluate reads it
+    # the validation split, disjoint from gold: the repair's stopping rule, training's per-epoch score,
+    # any threshold a stage chooses
+    validation: DatasetConfig = MISSING
     calibration: DatasetConfig = MISSING
+    sanity: Optional[DatasetConfig] = None  # a small labelled set, reported beside the verdict, never budgeted
     train: Optional[TrainConfig] = None
     surgery: Optional[SurgeryConfig] = None
-    budget: Optional[BudgetConfig] = None  # wins over the target's (a head-pose model has no top-1)
+    # what the model's users need of any artifact of it: the same on every target (no target may loosen it)
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig())
+
+
+@dataclass
+class BudgetConfig:
+    """A model's accuracy budget (stages/core/budget.py applies it). Every bound that is set must hold,
+    and the gold set must be large enough to resolve it: its 95 % interval no wider than the bound."""
+
+    metric: Optional[str] = "top1"  # a gold metric of the model's task; None: no drop check (a fidelity set)
+    # accuracy points (percent) the artifact may lose against float; negative: it must beat float by that much
+    max_drop: float = rule(0.5, ge=-100.0, le=100.0)
+    min_agreement: Optional[float] = rule(None, ge=0.0, le=1.0)  # fraction of gold inputs whose decision matches float
+    max_error: Optional[float] = rule(None, ge=0.0)  # the task's error against float, in its unit (head pose: MAE, degrees)
+    # classifiers on ambiguous inputs: agreement where float is confident (top-1 probability >= confidence)
+    min_confident_agreement: Optional[float] = rule(None, ge=0.0, le=1.0)
+    confidence: float = rule(0.5, gt=0.0, lt=1.0)
+    min_top1_in_top5: Optional[float] = rule(None, ge=0.0, le=1.0)  # float's top-1 inside the artifact's top-5
+    min_cosine: Optional[float] = rule(None, ge=-1.0, le=1.0)  # mean cosine of the outputs against float
 
 
 # ---------------------------------------------------------------- target
-@dataclass
-class BudgetConfig:
-    metric: Optional[str] = "top1"  # a gold metric of the model's task; None: no drop check (no labels)
-    # accuracy points (percent) the artifact may lose against float; negative: it must beat float by that much
-    max_drop: float = rule(1.0, ge=-100.0, le=100.0)
-    min_agreement: Optional[float] = rule(None, ge=0.0, le=1.0)  # fraction of gold inputs whose decision matches float
-    max_error: Optional[float] = rule(None, ge=0.0)  # the task's error against float, in its unit (head pose: MAE, degrees)
 
 
 @dataclass
@@ -310,7 +343,6 @@ class TargetConfig:
     cpu: Optional[str] = None  # the board's CPU as qemu names it (cortex-a72): `python -m stages.arm64` runs its artifacts there
     format: str = MISSING  # a registered artifact format (stages/formats)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     operators: Optional[OperatorsConfig] = None  # None: anything the format's runtime runs
     npu: Optional[NpuConfig] = None
@@ -324,6 +356,9 @@ class CalibrationConfig:
     method: CalibMethod = CalibMethod.minmax
     num_samples: int = rule(64, ge=1)  # taken from the front of the calibration set
     percentile: float = rule(99.999, gt=0.0, le=100.0)  # for method=percentile
+    # minmax: each range the running average of the per-tensor extremes over the calibration tensors
+    # (ORT's CalibMovingAverage), so that one crop's outlier does not widen a range for every input
+    moving_average: bool = False
 
 
 @dataclass
@@ -349,8 +384,9 @@ class QuantConfig:
     exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
     exclude_op_types: List[str] = field(default_factory=list)  # op types kept in float (mixed precision)
     op_types: List[str] = field(default_factory=list)  # ort_dynamic: the op types quantized (default MatMul, Gemm)
+    # ort_static: the ops that compute the graph's outputs write them in float (no QDQ pair on a logit)
+    float_outputs: bool = False
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
-    budget: Optional[BudgetConfig] = None  # overrides the target's budget for builds with this scheme
     repair: RepairConfig = field(default_factory=RepairConfig)
 
 
@@ -454,6 +490,11 @@ def check_values(cfg: Config) -> None:
     rules across fields (one mean and std per input channel). Raises BuildError naming the full key."""
     _walk(cfg, "")
     _check_input(cfg.model.input, "model.input")
+    calibration = cfg.quant.calibration
+    if calibration.moving_average and calibration.method != CalibMethod.minmax:
+        raise BuildError(f"invalid config at key 'quant.calibration.moving_average': true with method "
+                         f"{calibration.method.value!r}; a running average is of min/max ranges only",
+                         hint="set quant.calibration.method=minmax, or moving_average=false")
 
 
 def to_plain(cfg: Config) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from runtime.preprocess import Preprocess, load_image
 
-from .config import DatasetConfig, ImageItem, InputSpec
+from .config import AugmentConfig, DatasetConfig, ImageItem, InputSpec, VideoItem
 from .errors import BuildError
 from .log import track
 from .registry import Registry
@@ -116,6 +116,113 @@ def npy_records(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
     return array[npy.start:stop], labels[npy.start:stop]
 
 
+def video_frames(video: VideoItem) -> list[tuple[str, Image.Image]]:
+    """(id, RGB frame) for every ``every``-th frame of a real video, from ``start``, at most ``count``."""
+    try:
+        import cv2
+    except ImportError:
+        raise BuildError("reading video frames needs OpenCV", hint="pip install opencv-python-headless") from None
+    path = locate(video.source, video.file, "video")
+    capture = cv2.VideoCapture(str(path))
+    frames: list[tuple[str, Image.Image]] = []
+    index = -1
+    try:
+        while video.count is None or len(frames) < video.count:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            index += 1
+            if index >= video.start and (index - video.start) % video.every == 0:
+                frames.append((f"{video.file}#{index}", Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))))
+    finally:
+        capture.release()
+    if not frames:
+        raise BuildError(f"video {path} gave no frames from {video.start}", hint="check the file and `start`")
+    return frames
+
+
+def views(image: Image.Image, aug: AugmentConfig, rng: np.random.Generator) -> list[Image.Image]:
+    """The image, then ``samples - 1`` views of it: random crops (at least ``min_crop`` of the area, aspect
+    3:4 to 4:3) or, without ``random_crop``, the whole image; each mirrored at random (``flip``), or
+    every other one without ``random_crop``."""
+    out = [image]
+    for k in range(1, aug.samples):
+        if not aug.random_crop:
+            out.append(image.transpose(Image.FLIP_LEFT_RIGHT) if aug.flip and k % 2 else image)
+            continue
+        w, h = image.size
+        area = rng.uniform(aug.min_crop, 1.0) * w * h
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw = int(min(w, round(np.sqrt(area * aspect))))
+        ch = int(min(h, round(np.sqrt(area / aspect))))
+        left = int(rng.integers(0, w - cw + 1))
+        top = int(rng.integers(0, h - ch + 1))
+        crop = image.crop((left, top, left + cw, top + ch))
+        if aug.flip and rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(crop)
+    return out
+
+
+def sources(dataset: DatasetConfig) -> list[tuple[str, Image.Image]]:
+    """(id, image) of an unlabelled set's photos and video frames: its distinct real sources."""
+    found = [(item.file + (f"@{','.join(map(str, item.box))}" if item.box else ""), item_image(item))
+             for item in dataset.items]
+    for video in dataset.videos:
+        found += video_frames(video)
+    return found
+
+
+def _records(total: int, start: int, count: int | None) -> int:
+    return max(0, (min(total, start + count) if count is not None else total) - start)
+
+
+def read_idx_count(path: Path) -> int:
+    """The record count in an IDX file's header, without reading its data."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        head = f.read(8)
+    return int.from_bytes(head[4:8], "big")
+
+
+def _frame_count(path: Path) -> int:
+    """Frames a video really yields (its header's count can be wrong: tree.avi claims 444)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    total = 0
+    try:
+        while capture.grab():
+            total += 1
+    finally:
+        capture.release()
+    return total
+
+
+def dataset_size(dataset: DatasetConfig) -> tuple[int, int]:
+    """(inputs, distinct real sources) that ``gold_images`` yields for a set, without decoding an image."""
+    idx_n = npy_n = frames = 0
+    if dataset.idx is not None:
+        idx = dataset.idx
+        idx_n = _records(read_idx_count(locate(idx.source, idx.images, "IDX file")), idx.start, idx.count)
+    if dataset.npy is not None:
+        npy = dataset.npy
+        total = int(np.load(locate(npy.source, npy.file, ".npy file"), mmap_mode="r").shape[0])
+        npy_n = _records(total, npy.start, npy.count)
+    for video in dataset.videos:
+        total = _frame_count(locate(video.source, video.file, "video"))
+        taken = max(0, (total - video.start + video.every - 1) // video.every)
+        frames += min(taken, video.count) if video.count is not None else taken
+    photos = len(dataset.items) + frames
+    per = 1 + len(dataset.variants)
+    if dataset.labelled:
+        inputs = idx_n + (npy_n + photos) * per
+    else:
+        inputs = idx_n + npy_n + photos * max(per, dataset.augment.samples)
+    return inputs, idx_n + npy_n + photos
+
+
 def item_image(item: ImageItem) -> Image.Image:
     """The item's photo, cut to its box when it has one."""
     image = load_image(resolve(item))
@@ -128,6 +235,9 @@ def variant_image(photo: Image.Image, box: Sequence[int] | None, variant: str, d
     x0, y0, x1, y1 = box or (0, 0, *photo.size)
     if variant == "mirror":
         return photo.crop((x0, y0, x1, y1)).transpose(Image.FLIP_LEFT_RIGHT)
+    if variant.startswith("mirror_"):  # the mirrored photo, its box mirrored with it, then turned
+        photo, (x0, x1) = photo.transpose(Image.FLIP_LEFT_RIGHT), (photo.size[0] - x1, photo.size[0] - x0)
+        variant = variant[len("mirror_"):]
     angle = degrees if variant == "rotate_ccw" else -degrees  # PIL turns counter-clockwise for positive angles
     turned = photo.rotate(angle, resample=Image.BILINEAR, center=((x0 + x1) / 2, (y0 + y1) / 2))
     return turned.crop((x0, y0, x1, y1))
@@ -156,10 +266,19 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
         images, labels = npy_records(dataset)
         for i, (img, lab) in enumerate(zip(images, labels)):
             add(f"{dataset.npy.file}#{dataset.npy.start + i}", Image.fromarray(img).convert("RGB"), None, {int(lab)})
+    if not dataset.labelled:  # a fidelity set: each photo and frame, then its deterministic views
+        rng = np.random.default_rng(dataset.augment.seed)
+        for ident, image in sources(dataset):
+            for k, view in enumerate(views(image, dataset.augment, rng)):
+                samples.append((ident if k == 0 else f"{ident}|view{k}", view, set()))
+        return samples
+    if dataset.videos:
+        raise BuildError(f"gold set {dataset.name!r} has videos but is labelled",
+                         hint="video frames carry no labels: set `labelled: false` (a fidelity set)")
     for item in dataset.items:
         if item.label is None:
             raise BuildError(f"gold set {dataset.name!r} item {item.file!r} has no label",
-                             hint="give every gold item a `label` (class index)")
+                             hint="give every gold item a `label` (class index), or set `labelled: false`")
         ident = item.file + (f"@{','.join(map(str, item.box))}" if item.box else "")
         add(ident, load_image(resolve(item)), item.box, {item.label, *item.accept})
     return samples
@@ -189,23 +308,10 @@ def calibration_tensors(dataset: DatasetConfig, pre: Preprocess) -> np.ndarray:
         return np.concatenate([pre(Image.fromarray(img)) for img in track(images, f"calibration set {dataset.name}")])
     aug = dataset.augment
     rng = np.random.default_rng(aug.seed)
-    tensors = []
-    for item in track(dataset.items, f"calibration set {dataset.name}"):
-        image = item_image(item)
-        tensors.append(pre(image))
-        for _ in range(aug.samples - 1):
-            w, h = image.size
-            area = rng.uniform(aug.min_crop, 1.0) * w * h
-            aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            cw = int(min(w, round(np.sqrt(area * aspect))))
-            ch = int(min(h, round(np.sqrt(area / aspect))))
-            left = int(rng.integers(0, w - cw + 1))
-            top = int(rng.integers(0, h - ch + 1))
-            crop = image.crop((left, top, left + cw, top + ch))
-            if aug.flip and rng.random() < 0.5:
-                crop = crop.transpose(0)  # PIL.Image.FLIP_LEFT_RIGHT
-            tensors.append(pre(crop))
+    found = sources(dataset)
+    tensors = [pre(view) for _, image in track(found, f"calibration set {dataset.name}")
+               for view in views(image, aug, rng)]
     # Interleave photos so that a prefix (num_samples) still covers every photo.
     per = aug.samples
-    order = [i * per + k for k in range(per) for i in range(len(dataset.items))]
+    order = [i * per + k for k in range(per) for i in range(len(found))]
     return np.concatenate([tensors[i] for i in order], axis=0)

@@ -65,6 +65,11 @@ class Layout:
     def calibration(self) -> Path:
         return self.model_dir / "calibration.npy"
 
+    @property
+    def reference(self) -> Path:
+        """The float model's outputs on the gold (and sanity) set, for every build's evaluate."""
+        return self.model_dir / "reference.npz"
+
     # -- per (model, target, quant) intermediates
     @property
     def build_dir(self) -> Path:

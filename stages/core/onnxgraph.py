@@ -84,6 +84,35 @@ def drop_duplicate_nodes(graph: Any) -> int:
     return dropped
 
 
+def float_outputs(graph: Any) -> list[str]:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output, so that the op
+    computing an output (a classifier's logits) writes it in float, unrounded: 8 bits over the logits'
+    whole range merge the top scores of a confident input. Returns the outputs changed."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    drop, changed = set(), []
+    for output in graph.output:
+        dq = producer.get(output.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1 \
+                or consumers.get(q.input[0], 0) != 1 or q.input[0] not in producer:
+            continue
+        source = producer[q.input[0]]
+        source.output[list(source.output).index(q.input[0])] = output.name
+        drop.update((id(q), id(dq)))
+        changed.append(output.name)
+    if drop:
+        _set_nodes(graph, [n for n in graph.node if id(n) not in drop])
+        used = {name for node in graph.node for name in node.input}
+        unused = [t for t in graph.initializer if t.name not in used]  # the dropped pairs' scales and zero points
+        for tensor in unused:
+            graph.initializer.remove(tensor)
+    return changed
+
+
 def session(model: Any, threads: int = 1, reference: bool = False) -> Any:
     """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count. ``reference``:
     graph optimizations off, so a QDQ graph runs as written (its reference semantics), not through

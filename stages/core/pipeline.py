@@ -30,6 +30,7 @@ Scope = Literal["model", "build"]
 # small, so a no-op `dvc repro` stays fast. stages/compose.py writes these digests.
 DIGESTED = {"model": "digest.model", "target": "digest.target", "rewrite": "digest.rewrite",
             "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration",
+            "model.validation": "digest.model_validation", "model.sanity": "digest.model_sanity",
             "model.train": "digest.model_train", "model.surgery": "digest.model_surgery",
             "model.budget": "digest.model_budget", "model.task_params": "digest.model_task_params"}
 
@@ -40,7 +41,7 @@ def dvc_param(key: str) -> str:
 
 
 # Pipeline order; a stage's upstream must appear before it.
-STAGE_MODULES = ("train", "trace", "export", "simplify", "calibrate", "rewrite", "quantize", "convert", "evaluate",
+STAGE_MODULES = ("train", "trace", "export", "simplify", "calibrate", "reference", "rewrite", "quantize", "convert", "evaluate",
                  "prepare")
 
 

@@ -47,11 +47,13 @@ def params_of(model: Any) -> dict:
 
 
 # ----------------------------------------------------------------- classification
+# A fidelity set (no labels) has no top-1 to score: only its fidelity to float means something.
 TASKS.register("classification")(TaskScoring(
-    score=lambda out, accepted, ids, params: classification_report(out, accepted),
+    score=lambda out, accepted, ids, params: classification_report(out, accepted) if any(accepted) else {},
     compare=lambda ref, cand, ids, params: fidelity(ref, cand),
     headline=("top1", "top5"),
-    hits=lambda out, accepted, ids, params: {"top1": topk_hits(out, accepted, 1), "top5": topk_hits(out, accepted, 5)}))
+    hits=lambda out, accepted, ids, params: {"top1": topk_hits(out, accepted, 1), "top5": topk_hits(out, accepted, 5)}
+    if any(accepted) else {}))
 
 
 # ----------------------------------------------------------------- MTCNN stage nets

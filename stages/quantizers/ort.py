@@ -76,11 +76,19 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
                 "ActivationSymmetric": q.symmetric_activations,
                 "WeightSymmetric": q.symmetric_weights,
                 "CalibPercentile": q.calibration.percentile,
+                "CalibMovingAverage": q.calibration.moving_average,
                 "AddQDQPairToWeight": q.tensorrt_qdq,
                 "DedicatedQDQPair": q.tensorrt_qdq,
             },
         )
-    return {"calibration_samples": n}
+    details: dict = {"calibration_samples": n}
+    if q.float_outputs:
+        import onnx
+
+        model = onnx.load(str(out))
+        details["float_outputs"] = onnxgraph.float_outputs(model.graph)
+        onnxgraph.save(model, out)
+    return details
 
 
 def _checked(function: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

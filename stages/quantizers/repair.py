@@ -1,20 +1,21 @@
 """Budget repair: when a quantized graph misses its accuracy budget, keep the layers whose
 quantization hurts most in float, one at a time, until the budget holds (or say it cannot).
 
-Sensitivity is measured on calibration data (never the gold set): for each compute layer, the
-drop in output error when that layer alone stays in float. The gold set only answers the
-budget's question, "does it hold now?", the same question evaluate asks.
+Sensitivity is measured on calibration data; the stopping rule, "does the budget hold now?", is
+asked on the model's validation split (``model.validation``), with the same rule evaluate applies
+(stages/core/budget.py). The gold set is never read here: only evaluate reads it.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from stages.core import budget as budget_rule
 from stages.core.bench import paired_latency
 from stages.core.onnxgraph import run_all, session
 from stages.core.config import BudgetConfig
@@ -27,26 +28,9 @@ from . import Scheme
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where keeping float buys accuracy
 
 
-def effective_budget(cfg) -> BudgetConfig:  # noqa: ANN001
-    """A scheme's own budget wins over its model's, which wins over its target's."""
-    return cfg.quant.budget or cfg.model.budget or cfg.target.budget
-
-
-def budget_failures(budget: BudgetConfig, drop: float, agreement: float, error: float = 0.0) -> list[str]:
-    """Every way a graph misses the budget (empty: it holds). ``drop`` counts only with a metric."""
-    failures = []
-    if budget.metric and drop > budget.max_drop:
-        failures.append(f"{budget.metric} drop {drop:.2f} > max_drop {budget.max_drop}")
-    if budget.min_agreement is not None and agreement < budget.min_agreement:
-        failures.append(f"agreement {agreement:.3f} < min_agreement {budget.min_agreement}")
-    if budget.max_error is not None and error > budget.max_error:
-        failures.append(f"error vs float {error:.3f} > max_error {budget.max_error}")
-    return failures
-
-
 @dataclass
 class Judge:
-    """Scores a candidate graph against the float graph on the gold set, under the budget."""
+    """Scores a candidate graph against the float graph on a selection set, under the budget."""
 
     inputs: list[np.ndarray]
     accepted: list[set[int]]
@@ -55,43 +39,48 @@ class Judge:
     input_name: str
     task: TaskScoring = field(default_factory=lambda: scoring("classification"))
     task_params: dict = field(default_factory=dict)
-    ids: list[str] = field(default_factory=list)  # the gold inputs' names (tasks that pair variants read them)
+    ids: list[str] = field(default_factory=list)  # the inputs' names (tasks that pair variants read them)
+    dataset: str = ""
     float_metrics: dict = field(init=False)
 
     def __post_init__(self) -> None:
         self.float_metrics = self.task.score(self.reference, self.accepted, self.ids, self.task_params)
 
-    def holds(self, drop: float, agreement: float, error: float = 0.0) -> bool:
-        return not budget_failures(self.budget, drop, agreement, error)
+    def missed(self, outputs: np.ndarray) -> tuple[dict, list[str]]:
+        quantities = budget_rule.measure(self.budget, self.task, self.reference, outputs, self.accepted, self.ids,
+                                         self.task_params)
+        # selection asks whether the values hold; whether a set resolves the budget is the verdict's question
+        return quantities, budget_rule.failures(self.budget, quantities, resolve=False)
 
     @property
     def attainable(self) -> bool:
-        """Whether the float graph itself (drop 0, agreement 1, error 0) meets the budget; if not, no repair can."""
-        return self.holds(0.0, 1.0)
+        """Whether the float graph itself meets the budget; if not, no repair can."""
+        return not self.missed(self.reference)[1]
 
     def __call__(self, path: Path) -> dict:
         # Judged as the graph computes on any device (reference semantics), not as this host's fused INT8
         # kernels do: evaluate's verdict reads the same (stages/evaluate.py, `verdict_run`).
         outputs = run_all(path, self.inputs, self.input_name, reference=True)
-        metric = self.budget.metric
-        metrics = self.task.score(outputs, self.accepted, self.ids, self.task_params)
-        drop = self.float_metrics[metric] - metrics[metric] if metric else 0.0
-        same = self.task.compare(self.reference, outputs, self.ids, self.task_params)
-        passed = self.holds(drop, same["agreement"], same.get("error", 0.0))
+        quantities, failures = self.missed(outputs)
+        metric = self.budget.metric if "drop" in quantities else None
+        metrics = self.task.score(outputs, self.accepted, self.ids, self.task_params) if metric else {}
         return {"metric": metric, "float": float(self.float_metrics[metric]) if metric else None,
-                "quantized": float(metrics[metric]) if metric else None, "drop": float(drop),
-                "agreement": float(same["agreement"]), **({"error": same["error"]} if "error" in same else {}),
-                "passed": passed}
+                "quantized": float(metrics[metric]) if metric else None,
+                "drop": float(quantities["drop"]["value"]) if metric else 0.0,
+                "agreement": float(quantities["agreement"]["value"]),
+                **({"error": quantities["error"]["value"]} if "error" in quantities else {}),
+                "quantities": quantities, "failures": failures, "passed": not failures}
 
 
-def gold_judge(cfg, layout) -> Judge:  # noqa: ANN001
-    samples = gold_images(cfg.model.gold)
+def validation_judge(cfg, layout) -> Judge:  # noqa: ANN001
+    """The judge of the repair's stopping rule: the model's validation split, never its gold set."""
+    samples = gold_images(cfg.model.validation)
     pre = preprocess_for(cfg.model.input)
-    inputs = [pre(image) for _, image, _ in track(samples, "budget check: gold set")]
+    inputs = [pre(image) for _, image, _ in track(samples, f"budget check: validation set {cfg.model.validation.name}")]
     reference = run_all(layout.rewritten, inputs, cfg.model.input.name)
-    return Judge(inputs, [acc for _, _, acc in samples], reference, effective_budget(cfg), cfg.model.input.name,
+    return Judge(inputs, [acc for _, _, acc in samples], reference, cfg.model.budget, cfg.model.input.name,
                  task=scoring(cfg.model.task), ids=[ident for ident, _, _ in samples],
-                 task_params=params_of(cfg.model))
+                 task_params=params_of(cfg.model), dataset=cfg.model.validation.name)
 
 
 def output_error(path: Path, inputs: np.ndarray, reference: np.ndarray, input_name: str) -> float:
@@ -125,21 +114,19 @@ def sensitivity(cfg, layout, scheme: Scheme, cache: Optional[Path], tmp: Path) -
 
 def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dict:  # noqa: ANN001
     """Check the budget on ``out``; if it misses, keep layers in float until it holds. Rewrites ``out``."""
-    judge = gold_judge(cfg, layout)
+    judge = validation_judge(cfg, layout)
     first = judge(out)
-    report: dict[str, Any] = {"budget": {"metric": judge.budget.metric, "max_drop": judge.budget.max_drop,
-                                         "max_error": judge.budget.max_error,
-                                         "min_agreement": judge.budget.min_agreement},
-                              "initial": first, "kept_float": [], "steps": []}
+    report: dict[str, Any] = {"budget": asdict(judge.budget), "split": judge.dataset,
+                              "n": len(judge.inputs), "initial": first, "kept_float": [], "steps": []}
     if first["passed"] or not cfg.quant.repair.enabled:
         report["final"] = first
         return report
     if not judge.attainable:
-        console.print("budget missed, and not even the float graph meets it (drop 0, agreement 1): no repair tried")
+        console.print("budget missed, and not even the float graph meets it: no repair tried")
         report["final"], report["unattainable"] = first, True
         return report
-    console.print(f"budget missed (drop {first['drop']:.2f} > {judge.budget.max_drop} or agreement "
-                  f"{first['agreement']:.3f}): sensitivity analysis, then layers back to float one at a time")
+    console.print(f"budget missed on {judge.dataset} ({'; '.join(first['failures'])}): sensitivity analysis, "
+                  "then layers back to float one at a time")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         ranked = sensitivity(cfg, layout, scheme, cache, tmp)

@@ -1,0 +1,139 @@
+"""The README's measured tables, generated from the build's outputs (never typed by hand).
+
+``python -m stages.readme`` rewrites every block of README.md between a marker line
+``<!-- generated: NAME (python -m stages.readme) -->`` and ``<!-- end generated -->`` with the table
+NAME, made from ``artifacts/``: ``verdicts`` (one row per build: its gold set, n, distinct sources,
+each budgeted quantity with its 95 % interval against its bound, the validation split, the verdict)
+``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
+(conf/builds.yaml's builds that miss their budget, with what was measured). ``--check`` only
+says whether the README is up to date with the artifacts (exit 1 if not).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from stages.core.errors import BuildError
+from stages.core.fileio import write_text
+from stages.core.layout import PROJECT_ROOT, Layout
+from stages.core.log import cli, console
+from stages.report import NA, build_row, md_table, read_json, size_text, speedup_text
+
+MARKER = re.compile(r"^<!-- generated: (\w+) \(python -m stages\.readme\) -->\n(.*?)^<!-- end generated -->$",
+                    re.S | re.M)
+# what each budget bound measures, in metrics.json's budget.quantities, and how it is shown
+BOUNDS = (("drop", "max_drop", "top-1 drop, points", "≤", ".2f"),
+          ("agreement", "min_agreement", "agreement", "≥", ".3f"),
+          ("confident_agreement", "min_confident_agreement", "confident agreement", "≥", ".3f"),
+          ("top1_in_top5", "min_top1_in_top5", "float top-1 in top-5", "≥", ".3f"),
+          ("cosine", "min_cosine", "mean cosine", "≥", ".4f"),
+          ("error", "max_error", "error vs float", "≤", ".2f"))
+
+
+def quantity_lines(metrics: dict) -> list[str]:
+    """Each bound the model's budget sets: 'name value [lo, hi] (bound)', from the build's metrics."""
+    budget = metrics.get("budget") or {}
+    quantities = budget.get("quantities") or {}
+    lines = []
+    for name, key, label, sign, spec in BOUNDS:
+        bound, q = budget.get(key), quantities.get(name)
+        if bound is None or (name == "drop" and not budget.get("metric")) or not q or q.get("value") is None:
+            continue
+        ci = q.get("ci95")
+        interval = f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci and None not in ci else ""
+        n = f" n={q['n']}" if name in ("confident_agreement",) and q.get("n") is not None else ""
+        lines.append(f"{label} {q['value']:{spec}}{interval}{n} ({sign} {bound:g})")
+    return lines
+
+
+def plan(root: Path) -> dict:
+    """conf/builds.yaml of the project whose artifacts folder is ``root``."""
+    import yaml
+
+    return yaml.safe_load((root.parent / "conf" / "builds.yaml").read_text(encoding="utf-8")) or {}
+
+
+def default_builds(root: Path) -> list[tuple[str, str, str]]:
+    """The default build's (model, target, quant), in conf/builds.yaml's order."""
+    return [(b["model"], b["target"], b["quant"]) for b in (plan(root).get("builds") or {}).values()]
+
+
+def verdict_rows(root: Path) -> list[list[str]]:
+    rows = []
+    for model, target, quant in default_builds(root):
+        metrics = read_json(Layout(root, model, target, quant).metrics)
+        if not metrics:
+            continue
+        splits = metrics.get("splits") or {}
+        verdict = "PASS" if metrics.get("passed") else "FAIL: " + "; ".join(metrics.get("failures") or [])
+        rows.append([f"{model} / {target} / {quant}", metrics.get("dataset") or NA, f"{metrics.get('n', NA):,}",
+                     str(metrics.get("sources") or NA), "; ".join(quantity_lines(metrics)) or NA,
+                     splits.get("validation") or NA, metrics.get("verdict_from") or NA, verdict])
+    return rows
+
+
+def verdicts(root: Path) -> str:
+    return md_table(("build", "gold set", "n", "sources", "budgeted quantities [95 % CI] (bound)", "validation split",
+                     "judged by", "verdict"), verdict_rows(root))
+
+
+def latency(root: Path) -> str:
+    rows = []
+    for model, target, quant in default_builds(root):
+        row = build_row(root, model, target, quant)
+        if row["status"] == "not converted":
+            continue
+        ms = NA if row["latency_ms"] is None else (f"({row['latency_ms']:.2f})" if row["latency_unreliable"]
+                                                    else f"{row['latency_ms']:.2f}")
+        eager = NA if row["torch_eager_fp32_ms"] is None else f"{row['torch_eager_fp32_ms']:.2f}"
+        rows.append([f"{model} / {target} / {quant}", row["format"] or NA, size_text(row["size_bytes"]), ms, eager,
+                     speedup_text(row), row["latency_note"] or row["backend"] or NA])
+    return md_table(("build", "format", "size", "artifact ms", "PyTorch FP32 eager ms", "speed-up", "where"), rows)
+
+
+def missed(root: Path) -> str:
+    """conf/builds.yaml's `missed:` builds: out of the default build because they miss their model's
+    budget, each with what was measured (the project's conf/ beside the artifacts folder)."""
+    rows = [[f"{b['model']} / {b['target']} / {b['quant']}", b["reason"]] for b in (plan(root).get("missed") or {}).values()]
+    return md_table(("build", "why it is not in the default build (measured)"), rows) if rows else "None."
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "latency": latency, "missed": missed}
+
+
+def regenerate(text: str, root: Path) -> str:
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in TABLES:
+            raise BuildError(f"README block {name!r} is not a generated table",
+                             hint=f"use one of {', '.join(TABLES)} in the marker line")
+        return f"<!-- generated: {name} (python -m stages.readme) -->\n{TABLES[name](root).rstrip()}\n<!-- end generated -->"
+
+    return MARKER.sub(fill, text)
+
+
+@cli("readme")
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.readme", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts", type=Path, default=PROJECT_ROOT / "artifacts")
+    parser.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are not the artifacts'")
+    args = parser.parse_args(argv)
+    if not args.artifacts.is_dir():
+        raise BuildError(f"no artifacts folder at {args.artifacts}", hint="run the build first (dvc repro)")
+    text = args.readme.read_text(encoding="utf-8")
+    new = regenerate(text, args.artifacts)
+    if args.check:
+        console.print("README tables up to date" if new == text else "README tables differ from the artifacts")
+        return 0 if new == text else 1
+    if new != text:
+        write_text(args.readme, new)
+    console.print(f"{args.readme}: {len(MARKER.findall(new))} generated table(s) from {args.artifacts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
