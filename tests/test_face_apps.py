@@ -126,7 +126,7 @@ def test_tracking_cli_end_to_end_on_real_artifacts(built, tmp_path):
     from stages.core.facevideo import make_face_video
 
     make_face_video(tmp_path / "in.mp4", frames=30)
-    nets = [str(built / f"artifacts/mtcnn_{n}/rpi4/int8_static/model.onnx") for n in ("pnet", "rnet", "onet")]
+    nets = [str(built / f"artifacts/mtcnn_{n}/rpi4/int8_static_minmax/model.onnx") for n in ("pnet", "rnet", "onet")]
     (pose,) = (built / "artifacts" / "whenet" / "rpi4").glob("*/model.onnx")
     out = run([sys.executable, "-m", "runtime.apps.track", "--source", str(tmp_path / "in.mp4"), "--detector", *nets,
                "--headpose", str(pose), "--min-face", "40", "--output", str(tmp_path / "out.mp4"),
