@@ -46,9 +46,18 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
     # this host's INT8 kernels: on x86 without VNNI those saturate 16-bit sums, which no Pi does, so
     # agreement with them measures the build host, not the artifact (both are recorded).
     pinned = {dep for dep in rootfs.requirements() if dep.startswith("onnxruntime==")}
+    from stages.core.cli import load
+
+    labelled = {m: load([f"model={m}"]).model.gold.labelled for m in {r["model"] for r in record["results"]}}
     for r in record["results"]:
         assert r["machine"] == "aarch64", r
-        assert r["top1_agreement"] >= 0.98 and r["n"] >= verify.MIN_INPUTS, r
+        assert r["n"] >= verify.MIN_INPUTS, r
+        if labelled[r["model"]]:
+            assert r["top1_agreement"] >= 0.98, r
+        else:  # a fidelity set's inputs are ambiguous (MobileNetV2: float's median top-1 probability 0.26), so a
+            # near-tie can flip between CPUs: the board must reproduce the reference's outputs within the golden
+            # tolerance instead (checked by `runtime verify` below, and here)
+            assert r["max_abs_diff"] <= r["verify"]["fidelity"]["atol"], r
         assert "host_x86" in r and 0.0 <= r["host_x86"]["top1_agreement"] <= 1.0, r
         # `runtime verify`, what a Pi user runs, passed on the emulated CPU against the build's golden outputs
         assert r["verify"]["passed"] and r["verify"]["exit_code"] == 0, r["verify"]

@@ -11,10 +11,10 @@ pytestmark = pytest.mark.pipeline
 
 
 def test_rows_are_the_builds_metrics(built):
-    proc = run([sys.executable, "-m", "stages.compare", "--model", "mobilenet_v2", "--json"], built)
+    proc = run([sys.executable, "-m", "stages.compare", "--model", "fashion_cnn_npu", "--json"], built)
     rows = {(r["target"], r["quant"]): r for r in json.loads(proc.stdout)}
-    assert {r["model"] for r in rows.values()} == {"mobilenet_v2"}
-    metrics = json.loads((built / "artifacts/mobilenet_v2/rpi4/int8_static/metrics.json").read_text())
+    assert {r["model"] for r in rows.values()} == {"fashion_cnn_npu"}
+    metrics = json.loads((built / "artifacts/fashion_cnn_npu/rpi4/int8_static/metrics.json").read_text())
     row = rows[("rpi4", "int8_static")]
     assert row["top-1 float → artifact"] == f"{metrics['float']['top1']:.2f} → {metrics['artifact']['top1']:.2f}"
     assert row["speedup"] == f"×{metrics['speedup']:.1f}" and row["budget"].startswith("PASS")
