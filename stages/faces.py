@@ -119,11 +119,12 @@ def lfw_check(detector: Any) -> dict:
 
 
 def photos() -> list[tuple[str, np.ndarray, list[float]]]:
-    """The head-pose gold set's whole photos, each with the hand-drawn box around its one known face."""
-    from runtime import load_image
-    from stages.core.datasets import resolve
+    """The head-pose gold set's whole photos (not its video frames), each with the hand-drawn box around
+    its one known face."""
+    from stages.core.datasets import item_photos
 
-    return [(item.file, np.asarray(load_image(resolve(item))), list(item.box)) for item in dataset("face_crops").items]
+    items = [item for item in dataset("face_crops").items if item.frame is None]
+    return [(item.file, np.asarray(photo), list(item.box)) for item, photo in zip(items, item_photos(items))]
 
 
 def photo_check(float_det: Any, artifact_det: Any) -> list[dict]:

@@ -36,28 +36,35 @@ def test_no_target_holds_a_budget_and_every_model_has_one():
         validate(plain)
 
 
-def test_sets_disjoint_by_source_for_the_fidelity_model():
-    """Selection never sees the test set: MobileNetV2's gold, validation and calibration share no photo, and a
-    video two of them use is cut into frame ranges at least a second apart (neighbouring frames are near-twins)."""
+@pytest.mark.parametrize("model, video, min_gap", [
+    ("mobilenet_v2", ("opencv-doc", "vtest.avi"), 20),  # one shot: frames a second apart
+    ("whenet", ("opencv-doc", "Megamind.avi"), 5),  # cut at the shot changes (frames 100 and 180)
+])
+def test_sets_disjoint_by_source(model, video, min_gap):
+    """Selection never sees the test set: a model's gold, validation and calibration share no photo, and a
+    video two of them use is cut into frame ranges apart (neighbouring frames are near-twins)."""
     from stages.core.datasets import _frame_count, locate
 
-    cfg = load()
+    cfg = load([f"model={model}"])
     sets = (("gold", cfg.model.gold), ("validation", cfg.model.validation), ("calibration", cfg.model.calibration))
-    photos = {name: {(i.source, i.file) for i in ds.items} for name, ds in sets}
+    photos = {name: {(i.source, i.file) for i in ds.items if i.frame is None} for name, ds in sets}
     frames: dict[str, dict[tuple, set[int]]] = {name: {} for name, _ in sets}
     for name, ds in sets:
         for v in ds.videos:
             end = _frame_count(locate(v.source, v.file, "video"))
             taken = range(v.start, end, v.every)
             frames[name][(v.source, v.file)] = set(taken[:v.count] if v.count else taken)
+        for i in ds.items:
+            if i.frame is not None:
+                frames[name].setdefault((i.source, i.file), set()).add(i.frame)
     names = [name for name, _ in sets]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not photos[a] & photos[b], (a, b)
-            for video in frames[a].keys() & frames[b].keys():
-                gap = min(abs(x - y) for x in frames[a][video] for y in frames[b][video])
-                assert gap >= 20, (a, b, video, gap)
-    assert ("opencv-doc", "vtest.avi") in frames["gold"] and ("opencv-doc", "vtest.avi") in frames["validation"]
+            for shared in frames[a].keys() & frames[b].keys():
+                gap = min(abs(x - y) for x in frames[a][shared] for y in frames[b][shared])
+                assert gap >= min_gap, (a, b, shared, gap)
+    assert video in frames["gold"] and video in frames["validation"]
 
 
 def test_command_line_quant_wins_over_the_targets_default():

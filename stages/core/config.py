@@ -68,6 +68,7 @@ class ImageItem:
     accept: List[int] = field(default_factory=list)  # other indices a careful human counts as correct
     why: str = ""  # what a person saw in the photo that justifies the label
     box: Optional[List[int]] = None  # crop (x0, y0, x1, y1) in pixels: e.g. one face of a photo
+    frame: Optional[int] = rule(None, ge=0)  # `file` is a video: this item is its frame (0-based)
 
 
 @dataclass

@@ -116,14 +116,58 @@ def npy_records(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
     return array[npy.start:stop], labels[npy.start:stop]
 
 
-def video_frames(video: VideoItem) -> list[tuple[str, Image.Image]]:
-    """(id, RGB frame) for every ``every``-th frame of a real video, from ``start``, at most ``count``."""
+def _capture(path: Path):  # noqa: ANN202 - a cv2.VideoCapture
     try:
         import cv2
     except ImportError:
         raise BuildError("reading video frames needs OpenCV", hint="pip install opencv-python-headless") from None
+    return cv2, cv2.VideoCapture(str(path))
+
+
+def frames_of(path: Path, wanted: set[int]) -> dict[int, Image.Image]:
+    """The RGB frames of a video at the given 0-based indices, in one sequential read (seeking is not
+    frame-exact in every container); a frame the video does not have is named."""
+    cv2, capture = _capture(path)
+    found: dict[int, Image.Image] = {}
+    index = -1
+    try:
+        while len(found) < len(wanted):
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            index += 1
+            if index in wanted:
+                found[index] = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise BuildError(f"video {path} has no frame {missing[0]} (it yielded {index + 1} frames)",
+                         hint="check the item's `frame` against the video")
+    return found
+
+
+def item_photos(items: Sequence[ImageItem]) -> list[Image.Image]:
+    """Each item's whole photo (before its box), in order: an image file, or one frame of a video
+    (``frame``), each video read once."""
+    wanted: dict[Path, set[int]] = {}
+    for item in items:
+        if item.frame is not None:
+            wanted.setdefault(resolve(item), set()).add(item.frame)
+    frames = {path: frames_of(path, indices) for path, indices in wanted.items()}
+    return [frames[resolve(item)][item.frame] if item.frame is not None else load_image(resolve(item))
+            for item in items]
+
+
+def item_id(item: ImageItem) -> str:
+    return (item.file + (f"#{item.frame}" if item.frame is not None else "")
+            + (f"@{','.join(map(str, item.box))}" if item.box else ""))
+
+
+def video_frames(video: VideoItem) -> list[tuple[str, Image.Image]]:
+    """(id, RGB frame) for every ``every``-th frame of a real video, from ``start``, at most ``count``."""
     path = locate(video.source, video.file, "video")
-    capture = cv2.VideoCapture(str(path))
+    cv2, capture = _capture(path)
     frames: list[tuple[str, Image.Image]] = []
     index = -1
     try:
@@ -166,8 +210,8 @@ def views(image: Image.Image, aug: AugmentConfig, rng: np.random.Generator) -> l
 
 def sources(dataset: DatasetConfig) -> list[tuple[str, Image.Image]]:
     """(id, image) of an unlabelled set's photos and video frames: its distinct real sources."""
-    found = [(item.file + (f"@{','.join(map(str, item.box))}" if item.box else ""), item_image(item))
-             for item in dataset.items]
+    found = [(item_id(item), photo.crop(tuple(item.box)) if item.box else photo)
+             for item, photo in zip(dataset.items, item_photos(dataset.items))]
     for video in dataset.videos:
         found += video_frames(video)
     return found
@@ -215,18 +259,15 @@ def dataset_size(dataset: DatasetConfig) -> tuple[int, int]:
         taken = max(0, (total - video.start + video.every - 1) // video.every)
         frames += min(taken, video.count) if video.count is not None else taken
     photos = len(dataset.items) + frames
+    # two faces of one video frame are one source
+    distinct = len({(i.file, i.frame) for i in dataset.items if i.frame is not None}) + frames + sum(
+        i.frame is None for i in dataset.items)
     per = 1 + len(dataset.variants)
     if dataset.labelled:
         inputs = idx_n + (npy_n + photos) * per
     else:
         inputs = idx_n + npy_n + photos * max(per, dataset.augment.samples)
-    return inputs, idx_n + npy_n + photos
-
-
-def item_image(item: ImageItem) -> Image.Image:
-    """The item's photo, cut to its box when it has one."""
-    image = load_image(resolve(item))
-    return image.crop(tuple(item.box)) if item.box else image
+    return inputs, idx_n + npy_n + distinct
 
 
 def variant_image(photo: Image.Image, box: Sequence[int] | None, variant: str, degrees: float) -> Image.Image:
@@ -277,10 +318,10 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
                          hint="video frames carry no labels: set `labelled: false` (a fidelity set)")
     for item in dataset.items:
         if item.label is None:
-            raise BuildError(f"gold set {dataset.name!r} item {item.file!r} has no label",
+            raise BuildError(f"gold set {dataset.name!r} item {item_id(item)!r} has no label",
                              hint="give every gold item a `label` (class index), or set `labelled: false`")
-        ident = item.file + (f"@{','.join(map(str, item.box))}" if item.box else "")
-        add(ident, load_image(resolve(item)), item.box, {item.label, *item.accept})
+    for item, photo in zip(dataset.items, item_photos(dataset.items)):
+        add(item_id(item), photo, item.box, {item.label, *item.accept})
     return samples
 
 
