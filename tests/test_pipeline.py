@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -160,8 +161,8 @@ ZOO = ("mobilenet_v2-rpi4-int8_static", "fashion_cnn_npu-rk3566-rknn_int8", "mob
        "fashion_cnn_npu-rpi4-int8_static", "fashion_cnn_npu-rpi4_torch-torch_int8")
 
 
-@pytest.fixture(scope="session")
-def zoo(built, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module")
+def zoo(built, tmp_path_factory) -> Iterator[Path]:
     """A copy of the built project (with its DVC cache) cut to the builds in ZOO: conf/builds.yaml keeps
     only them, dvc.yaml is generated again, the compose stages rerun and the whole-project stages
     (arm64, report), whose inputs shrank with the zoo, are recorded as they are (`dvc commit`). Every
@@ -180,7 +181,8 @@ def zoo(built, tmp_path_factory) -> Path:
     run([sys.executable, "-m", "dvc", "repro", "--glob", "compose_*"], repo)
     run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], repo)
     assert status(repo) == set()
-    return repo
+    yield repo
+    shutil.rmtree(repo.parent, ignore_errors=True)  # copies of the built project are GBs: gone with the module
 
 
 @pytest.fixture()

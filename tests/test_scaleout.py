@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -96,12 +97,14 @@ def test_a_job_that_crashes_is_reported_with_the_sweep_not_swallowed(monkeypatch
 # --- sweeps on a copy of the built project: every upstream stage is fresh ------------------------
 
 @pytest.fixture(scope="module")
-def sweep_repo(built, tmp_path_factory) -> Path:
-    """A copy of the built project without its DVC cache (the sweeps run stages, not DVC)."""
+def sweep_repo(built, tmp_path_factory) -> Iterator[Path]:
+    """A copy of the built project without its DVC cache (the sweeps run stages, not DVC), deleted
+    when the module's tests end: copies of the built project are GBs."""
     repo = tmp_path_factory.mktemp("sweeps") / "repo"
     shutil.copytree(built, repo, symlinks=True,
                     ignore=lambda folder, names: ["cache"] if Path(folder).name == ".dvc" else [])
-    return repo
+    yield repo
+    shutil.rmtree(repo.parent, ignore_errors=True)
 
 
 def sweep(repo: Path, launcher: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
