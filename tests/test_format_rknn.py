@@ -58,3 +58,12 @@ def test_an_invalid_platform_is_reported_from_the_real_toolkit(tmp_path, monkeyp
     with pytest.raises(BuildError, match="config rejected the target"):
         rknn.run_worker(cfg_for("rknn", platform="rk1808"), layout, tmp_path / "model.rknn")
     assert os.environ.get("RKNN_TOOLKIT2_PYTHON") is None
+
+
+def test_the_quant_scheme_picks_the_toolkit_algorithm_and_the_target_gives_the_default():
+    from stages.core.cli import load
+
+    for quant, expected in (("rknn_int8", "normal"), ("rknn_int8_mmse", "mmse")):
+        cfg = load(["model=mobilenet_v2", "target=rk3588", f"quant={quant}"])
+        assert rknn.algorithm(cfg) == expected, quant
+    assert load(["target=rk3588", "quant=rknn_int8_mmse"]).quant.calibration.num_samples == 16

@@ -388,6 +388,8 @@ class QuantConfig:
     # ort_static: the ops that compute the graph's outputs write them in float (no QDQ pair on a logit)
     float_outputs: bool = False
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
+    # scheme vendor: the toolkit's own quantization algorithm (RKNN: quantized_algorithm); null keeps the target's
+    vendor_algorithm: Optional[str] = rule(None, choices=("normal", "mmse", "kl_divergence"))
     repair: RepairConfig = field(default_factory=RepairConfig)
 
 

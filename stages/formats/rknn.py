@@ -43,6 +43,11 @@ def _rknn(cfg) -> Any:  # noqa: ANN001
     return cfg.target.rknn
 
 
+def algorithm(cfg) -> str:  # noqa: ANN001
+    """The toolkit's quantization algorithm: the quant scheme's choice, else the target's default."""
+    return cfg.quant.vendor_algorithm or _rknn(cfg).quantized_algorithm
+
+
 def toolkit_python(cfg) -> Optional[Path]:  # noqa: ANN001
     """The python of the toolkit's venv, or None when it is not installed."""
     if cfg.target.format == "rknn_v1":
@@ -84,7 +89,7 @@ def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
     (prepared / "dataset.txt").write_text("\n".join(names) + "\n")
     config = {"toolkit": 1 if cfg.target.format == "rknn_v1" else 2, "platform": rk.platform,
               "mean": [list(cfg.model.input.mean)], "std": [list(cfg.model.input.std)],
-              "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": rk.quantized_algorithm,
+              "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": algorithm(cfg),
               "optimization_level": rk.optimization_level, "onnx": "model.onnx", "dataset": "dataset.txt"}
     (prepared / "rknn_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return [model, prepared / "dataset.txt", prepared / "rknn_config.json"]
@@ -165,7 +170,7 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
     rk = cfg.target.rknn
     return {"inputs": device_inputs(cfg), "toolchain": {dist: _toolkit_version(cfg)},
             "rknn": {"platform": rk.platform, "quantized_dtype": rk.quantized_dtype,
-                     "quantized_algorithm": rk.quantized_algorithm, "optimization_level": rk.optimization_level,
+                     "quantized_algorithm": algorithm(cfg), "optimization_level": rk.optimization_level,
                      "build_s": result["times"].get("build_s")}}
 
 
