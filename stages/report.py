@@ -222,7 +222,7 @@ def build_report(root: Path, board_dir: Optional[Path] = None) -> dict:
 
 # ---------------------------------------------------------------- formatting (shared by markdown and HTML)
 ARM64_COLUMNS = ("build", "emulated CPU", "n", "max abs diff vs x86 reference", "top-1 agreement vs x86 reference",
-                 "agreement vs x86 host kernels", "top-1 % x86 reference → arm64", "arm64 backend",
+                 "device-true: agreement vs float [95 % CI], cosine", "agreement vs x86 host kernels", "top-1 % x86 reference → arm64", "arm64 backend",
                  "runtime verify on arm64", "emulated ms/input")
 
 
@@ -235,6 +235,17 @@ def verify_text(result: Optional[dict]) -> str:
     return f"{verdict} ({golden.get('n', '?')} of {golden.get('of', '?')} golden)" if golden else verdict
 
 
+def device_true_text(device: Optional[dict]) -> str:
+    """The emulated board's outputs against float on its subset: agreement with its interval, and cosine."""
+    quantities = (device or {}).get("quantities") or {}
+    agreement, cosine = quantities.get("agreement") or {}, quantities.get("cosine") or {}
+    if agreement.get("value") is None:
+        return NA
+    lo, hi = agreement.get("ci95") or (None, None)
+    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+    return f"{agreement['value']:.3f}{interval}" + (f", {cosine['value']:.4f}" if cosine.get("value") is not None else "")
+
+
 def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
     """The arm64 section: a sentence, and a row per artifact and emulated CPU."""
     if not arm64:
@@ -242,7 +253,7 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
     if not arm64.get("ran"):
         return f"Not checked on arm64 here: {arm64.get('reason', 'no reason recorded')}.", []
     rows = [[r["build"], r["cpu"] + (" (its board)" if r["board_cpu"] else ""), str(r["n"]),
-             f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.3f}",
+             f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.3f}", device_true_text(r.get("device_true")),
              f"{r['host_x86']['top1_agreement']:.3f}" if r.get("host_x86") else NA,
              NA if r["top1_x86"] is None else f"{r['top1_x86']:.1f} → {r['top1_arm64']:.1f}",
              r["backend_arm64"] + (f" ({r['backend_version_arm64']})" if r.get("backend_version_arm64") else ""),

@@ -244,8 +244,16 @@ def test_arm64_section_shows_the_check_or_why_it_did_not_run(tree: Path) -> None
                                                  "results": [row]}))
     write_report(tree)
     md, page = (tree / "report.md").read_text(), (tree / "report.html").read_text()
-    assert "| mobilenet_v2-rpi4-int8_static | cortex-a76 | 9 | 0.00e+00 | 1.000 | n/a | 88.9 → 88.9 |" in md
+    assert "| mobilenet_v2-rpi4-int8_static | cortex-a76 | 9 | 0.00e+00 | 1.000 | n/a | n/a | 88.9 → 88.9 |" in md
     assert "| n/a | 412.0 |" in md  # no `runtime verify` result recorded in this row
+    # the device-true numbers: the emulated board against float on its subset, with the interval
+    row["device_true"] = {"n": 9, "quantities": {"agreement": {"value": 8 / 9, "n": 9, "ci95": [0.565, 0.980]},
+                                                 "cosine": {"value": 0.9912, "n": 9, "ci95": [0.99, 0.992]}}}
+    (tree / "arm64.json").write_text(json.dumps({"ran": True, "userland": "Debian 12 arm64", "emulator": "qemu 7.2",
+                                                 "note": "emulated timings: not Raspberry Pi timings",
+                                                 "results": [row]}))
+    write_report(tree)
+    assert "| 1.000 | 0.889 [0.565, 0.980], 0.9912 | n/a |" in (tree / "report.md").read_text()
     assert "not Raspberry Pi timings" in md and "cortex-a76" in page
 
 
