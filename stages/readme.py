@@ -5,7 +5,8 @@
 NAME, made from ``artifacts/``: ``verdicts`` (one row per build: its gold set, n, distinct sources,
 each budgeted quantity with its 95 % interval against its bound, the validation split, the verdict)
 ``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
-(conf/builds.yaml's builds that miss their budget, with what was measured). ``--check`` only
+(conf/builds.yaml's builds that miss their budget: each one's verdict from its own metrics.json, where
+it was built on request, beside what was tried). ``--check`` only
 says whether the README is up to date with the artifacts (exit 1 if not).
 """
 from __future__ import annotations
@@ -94,11 +95,26 @@ def latency(root: Path) -> str:
     return md_table(("build", "format", "size", "artifact ms", "PyTorch FP32 eager ms", "speed-up", "where"), rows)
 
 
+def missed_measured(root: Path, build: dict) -> str:
+    """A missed build's own verdict, from its metrics.json when it was built on request (never typed)."""
+    metrics = read_json(Layout(root, build["model"], build["target"], build["quant"]).metrics)
+    if not metrics:
+        return f"not built here (`python -m stages.evaluate model={build['model']} target={build['target']} " \
+               f"quant={build['quant']}`)"
+    verdict = "PASS" if metrics.get("passed") else "FAIL"
+    return (f"{verdict} on {metrics.get('dataset') or NA} (n = {metrics.get('n', NA):,}), judged by "
+            f"{metrics.get('verdict_from') or NA}: " + ("; ".join(quantity_lines(metrics)) or NA))
+
+
 def missed(root: Path) -> str:
     """conf/builds.yaml's `missed:` builds: out of the default build because they miss their model's
-    budget, each with what was measured (the project's conf/ beside the artifacts folder)."""
-    rows = [[f"{b['model']} / {b['target']} / {b['quant']}", b["reason"]] for b in (plan(root).get("missed") or {}).values()]
-    return md_table(("build", "why it is not in the default build (measured)"), rows) if rows else "None."
+    budget. Each row has the build's own verdict from its metrics.json where it was built (on request:
+    the default build does not make them), and the levers tried, from conf/builds.yaml (the project's
+    conf/ beside the artifacts folder)."""
+    rows = [[f"{b['model']} / {b['target']} / {b['quant']}", missed_measured(root, b), b["reason"]]
+            for b in (plan(root).get("missed") or {}).values()]
+    return md_table(("build", "its verdict, from its metrics.json [95 % CI] (bound)", "what was tried (measured)"),
+                    rows) if rows else "None."
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "latency": latency, "missed": missed}
