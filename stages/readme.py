@@ -62,8 +62,25 @@ def default_builds(root: Path) -> list[tuple[str, str, str]]:
     return [(b["model"], b["target"], b["quant"]) for b in (plan(root).get("builds") or {}).values()]
 
 
+def board_check(arm64: Optional[dict], model: str, target: str, quant: str) -> str:
+    """The emulated board's check of a Pi build (artifacts/arm64.json): per CPU, n, and its agreement with
+    the run that judged the build, with the 95 % interval; n/a for a build no emulated CPU runs."""
+    rows = [r for r in (arm64 or {}).get("results") or []
+            if (r.get("model"), r.get("target"), r.get("quant")) == (model, target, quant)]
+    cells = []
+    for r in rows:
+        agreement = (r.get("device_true") or {}).get("reference_agreement") or {}
+        if agreement.get("value") is None:
+            continue
+        lo, hi = agreement["ci95"]
+        cells.append(f"{r['cpu']}: {agreement['k']}/{agreement['n']} [{lo:.2f}, {hi:.2f}]"
+                     + ("" if r.get("mismatch") is None else f" FAIL: {r['mismatch']}"))
+    return "; ".join(cells) or NA
+
+
 def verdict_rows(root: Path) -> list[list[str]]:
     rows = []
+    arm64 = read_json(root / "arm64.json")
     for model, target, quant in default_builds(root):
         metrics = read_json(Layout(root, model, target, quant).metrics)
         if not metrics:
@@ -72,13 +89,15 @@ def verdict_rows(root: Path) -> list[list[str]]:
         verdict = "PASS" if metrics.get("passed") else "FAIL: " + "; ".join(metrics.get("failures") or [])
         rows.append([f"{model} / {target} / {quant}", metrics.get("dataset") or NA, f"{metrics.get('n', NA):,}",
                      str(metrics.get("sources") or NA), "; ".join(quantity_lines(metrics)) or NA,
-                     splits.get("validation") or NA, metrics.get("verdict_from") or NA, verdict])
+                     splits.get("validation") or NA, metrics.get("verdict_from") or NA,
+                     board_check(arm64, model, target, quant), verdict])
     return rows
 
 
 def verdicts(root: Path) -> str:
     return md_table(("build", "gold set", "n", "sources", "budgeted quantities [95 % CI] (bound)", "validation split",
-                     "judged by", "verdict"), verdict_rows(root))
+                     "judged by", "emulated board: decisions as judged, first n gold inputs [95 % CI]", "verdict"),
+                    verdict_rows(root))
 
 
 def latency(root: Path) -> str:

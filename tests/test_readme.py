@@ -24,3 +24,15 @@ def test_a_missed_build_shows_its_own_metrics_where_it_was_built_and_says_how_to
     assert "FAIL on imagenet_fidelity (n = 1,016), judged by rknn-simulator:t" in built
     assert "confident agreement 0.881 [0.818, 0.924] n=143 (≥ 0.97)" in built and "tried mmse" in built
     assert "not built here (`python -m stages.evaluate model=m target=u quant=q`)" in unbuilt
+
+
+def test_a_pi_builds_verdict_row_shows_the_emulated_boards_agreement_with_the_verdict_run(tmp_path):
+    arm64 = {"results": [{"model": "m", "target": "rpi4", "quant": "q", "cpu": "cortex-a72", "mismatch": None,
+                          "device_true": {"reference_agreement": {"value": 0.99, "k": 99, "n": 100,
+                                                                  "ci95": [0.946, 0.998]}}},
+                         {"model": "m", "target": "rpi4", "quant": "q", "cpu": "cortex-a76", "mismatch": "verify failed",
+                          "device_true": {"reference_agreement": {"value": 0.5, "k": 50, "n": 100,
+                                                                  "ci95": [0.40, 0.60]}}}]}
+    cell = readme.board_check(arm64, "m", "rpi4", "q")
+    assert cell == "cortex-a72: 99/100 [0.95, 1.00]; cortex-a76: 50/100 [0.40, 0.60] FAIL: verify failed"
+    assert readme.board_check(arm64, "m", "rk3588", "q") == readme.NA and readme.board_check(None, "m", "rpi4", "q") == readme.NA
