@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from stages.core.fileio import write_text
 from stages.core.layout import PROJECT_ROOT, Layout
+from stages.core.log import cli
 from stages.core.pipeline import STAGE_MODULES, Stage, code_paths, dvc_param, load_stage
 
 HEADER = """\
@@ -151,6 +153,7 @@ def render() -> str:
     return HEADER + re.sub(r"\n(  [a-z0-9_]+:\n)", r"\n\n\1", text)  # a blank line between stages
 
 
+@cli("dvcgen")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.dvcgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    path.write_text(text)
+    write_text(path, text)  # atomic: DVC never reads a half-written dvc.yaml
     return 0
 
 

@@ -36,3 +36,16 @@ def test_every_stage_reads_only_declared_upstream_outputs():
         stage = load_stage(name)
         assert all(names.index(dep) < names.index(name) for dep in stage.needs), name
         assert stage.params, f"{name} declares no params: DVC could not rerun it on a config change"
+
+
+def test_dvcgen_names_a_bad_build_entry_in_one_message_and_leaves_dvc_yaml_alone(tmp_path):
+    from conftest import copy_project
+
+    repo = copy_project(tmp_path / "repo")
+    before = (repo / "dvc.yaml").read_bytes()
+    plan = repo / "conf" / "builds.yaml"
+    plan.write_text(plan.read_text().replace("target: rpi5, quant: int8_static", "target: rpi9, quant: int8_static", 1))
+    proc = run([sys.executable, "-m", "stages.dvcgen"], repo, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "rpi9" in out and "Traceback" not in out, out[-3000:]
+    assert (repo / "dvc.yaml").read_bytes() == before

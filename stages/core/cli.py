@@ -23,9 +23,20 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:  # an unknown option or key, a bad override
+        # Hydra's own text names the group and lists its options; only its "full stack trace" advice goes
+        lines = [line for line in str(exc).strip().splitlines() if "HYDRA_FULL_ERROR" not in line]
+        raise BuildError(f"the config does not compose with {' '.join(overrides) or 'no overrides'}: "
+                         + "\n".join(lines[:12]),
+                         hint="check conf/builds.yaml and the overrides against `python -m stages.list`; a key that "
+                              "the YAML does not set takes a leading + (+model.input.dtype=uint8)") from None
 
 
 def load(overrides: Sequence[str] = ()) -> Config:
