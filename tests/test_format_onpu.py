@@ -85,13 +85,30 @@ def test_container_is_byte_reproducible(tmp_path):
     assert build_onpu(tmp_path / "a").read_bytes() == build_onpu(tmp_path / "b").read_bytes()
 
 
+def tiny_manifest(**raw) -> SimpleNamespace:
+    from runtime.manifest import TensorSpec
+
+    return SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu", **raw},
+                           check_backend_version=lambda package, loaded: None,
+                           inputs=[TensorSpec("x", (1, 3, 16, 16), "float32")], outputs=[TensorSpec("y", (1, 5), "float32")])
+
+
 def test_runtime_falls_back_to_cpu_and_says_so(tmp_path):
     out = build_onpu(tmp_path)
-    manifest = SimpleNamespace(threads=lambda requested=None: 1, runtime={}, raw={"model": "tiny", "format": "onpu"},
-                               check_backend_version=lambda package, loaded: None)
-    backend = open_onpu(out, manifest)
+    backend = open_onpu(out, tiny_manifest())
     assert "FakeNpuExecutionProvider not registered" in backend.name and "whole graph on CPU" in backend.name
     assert backend.run({"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 5)
+
+
+def test_a_manifest_that_does_not_describe_the_containers_model_is_rejected(tmp_path):
+    """The declared inputs and outputs are checked against the model the container holds, as for .onnx."""
+    from runtime.manifest import TensorSpec
+
+    out = build_onpu(tmp_path)
+    wrong = tiny_manifest()
+    wrong.inputs = [TensorSpec("x", (1, 3, 32, 32), "float32")]
+    with pytest.raises(RuntimeLoadError, match=r"input 'x' is float32\[1, 3, 16, 16\] in the model"):
+        open_onpu(out, wrong)
 
 
 def test_a_corrupt_member_is_rejected(tmp_path):
@@ -124,3 +141,20 @@ def test_a_container_with_another_builds_manifest_is_rejected(tmp_path):
                                check_backend_version=lambda package, loaded: None)
     with pytest.raises(RuntimeLoadError, match="model"):
         open_onpu(out, manifest)
+
+
+def test_the_npu_path_checks_the_model_inputs_of_its_first_part_and_the_outputs_of_its_last(tmp_path):
+    """With the NPU provider there is no whole-graph session: check_io reads the parts' own I/O."""
+    from runtime.backends.onnxruntime import check_io
+    from runtime.backends.onpu import _Partitioned
+
+    out = build_onpu(tmp_path)
+    _, members = read_container(out)
+    npu, cpu = ort.InferenceSession(members["npu.onnx"]), ort.InferenceSession(members["cpu.onnx"])
+    parts = _Partitioned([(npu, [o.name for o in npu.get_outputs()]), (cpu, [o.name for o in cpu.get_outputs()])])
+    assert [i.name for i in parts.get_inputs()] == ["x"] and [o.name for o in parts.get_outputs()] == ["y"]
+    check_io(out, tiny_manifest(), parts)  # the model's own I/O: no error
+    wrong = tiny_manifest()
+    wrong.outputs = wrong.inputs
+    with pytest.raises(RuntimeLoadError, match="the manifest declares output 'x'"):
+        check_io(out, wrong, parts)

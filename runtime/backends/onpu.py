@@ -60,9 +60,23 @@ class OnpuBackend:
         return outputs
 
 
+class _Partitioned:
+    """The partitioned graph as check_io sees a session: the first part's inputs (the model's; the CPU
+    part reads what the NPU part hands over) and the outputs the last part computes."""
+
+    def __init__(self, stages: list[tuple[object, list[str]]]) -> None:
+        self._first, (self._last, self._names) = stages[0][0], stages[-1]
+
+    def get_inputs(self) -> list:
+        return self._first.get_inputs()  # type: ignore[attr-defined]
+
+    def get_outputs(self) -> list:
+        return [o for o in self._last.get_outputs() if o.name in self._names]  # type: ignore[attr-defined]
+
+
 def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None,
               threads: int | None = None, reference: bool = False) -> OnpuBackend:
-    from .onnxruntime import import_ort, session_options
+    from .onnxruntime import check_io, import_ort, session_options
 
     ort = import_ort(manifest)
     header, members = read_container(path)
@@ -98,9 +112,11 @@ def open_onpu(path: Path, manifest: Manifest, providers: list[str] | None = None
             raise RuntimeLoadError(f"{path}: onpu.json's partition lacks {exc}; rebuild the artifact") from None
         stages = [(session(member, [npu_ep, "CPUExecutionProvider"] if member == "npu.onnx" else ["CPUExecutionProvider"]),
                    outputs) for member, outputs, _ in parts]
+        check_io(path, manifest, _Partitioned(stages))
         return OnpuBackend(stages, f"onpu:{npu_ep}({parts[0][2]} nodes)"
                                    f"+CPUExecutionProvider({sum(n for _, _, n in parts[1:])} nodes)")
     whole = session("model.onnx", ["CPUExecutionProvider"])
+    check_io(path, manifest, whole)
     return OnpuBackend([(whole, [o.name for o in whole.get_outputs()])],  # type: ignore[attr-defined]
                        "onpu:CPUExecutionProvider (" + ("reference semantics: " if reference else
                        f"NPU provider {npu_ep} not registered here: ") + "whole graph on CPU)")
