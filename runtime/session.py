@@ -48,6 +48,20 @@ class Session:
     def labels(self) -> tuple[str, ...] | None:
         return self.outputs[0].labels
 
+    def _check_label_count(self, results: list) -> None:
+        """Labels for an output whose class dimension is free in the manifest (the schema counts them when
+        it is fixed): the first run's output must have as many classes as the manifest has labels."""
+        for spec, value in zip(self.outputs, results):
+            if not spec.labels or not spec.shape:
+                continue
+            axis = 1 if len(spec.shape) > 1 else 0
+            if isinstance(spec.shape[axis], int):
+                continue
+            classes = np.asarray(value).shape[axis] if np.asarray(value).ndim > axis else None
+            if classes != len(spec.labels):
+                raise RuntimeLoadError(f"{self.path}: output {spec.name!r} has {classes} classes but the manifest "
+                                       f"has {len(spec.labels)} labels for it; the manifest is from another build")
+
     def preprocess(self, image: Any, input_index: int = 0) -> np.ndarray:
         """An RGB image (PIL or HxWx3 uint8) -> the model's input tensor, as the manifest says."""
         return self.manifest.preprocessor(input_index)(image)
@@ -65,6 +79,7 @@ class Session:
         if unknown:
             raise InputSpecError(f"unknown input(s) {sorted(unknown)}; expected {[s.describe() for s in self.inputs]}")
         results = self.backend.run(feeds)
+        self._check_label_count(results)
         if single:
             return results[0]
         return {spec.name: value for spec, value in zip(self.outputs, results)}

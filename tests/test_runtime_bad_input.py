@@ -245,3 +245,27 @@ def test_a_torchscript_file_that_is_not_one_is_a_load_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     with pytest.raises(RuntimeLoadError, match="could not load .* as TorchScript"):
         load(path)
+
+
+def test_labels_of_a_free_class_dimension_are_counted_at_the_first_run(tmp_path):
+    """The schema counts labels against a fixed class dimension; a free one is checked on the output."""
+    from types import SimpleNamespace
+
+    from runtime.manifest import TensorSpec
+    from runtime.session import Session
+
+    class Backend:
+        name = "fake"
+
+        def __init__(self, classes: int) -> None:
+            self.classes = classes
+
+        def run(self, feeds):  # noqa: ANN001, ANN201
+            return [np.zeros((1, self.classes), np.float32)]
+
+    manifest = SimpleNamespace(inputs=(TensorSpec("x", (1, 4), "float32"),),
+                               outputs=(TensorSpec("y", (1, "classes"), "float32", labels=("a", "b", "c")),))
+    x = np.zeros((1, 4), np.float32)
+    assert Session(tmp_path / "m.onnx", manifest, Backend(3)).run(x).shape == (1, 3)
+    with pytest.raises(RuntimeLoadError, match="output 'y' has 5 classes but the manifest has 3 labels"):
+        Session(tmp_path / "m.onnx", manifest, Backend(5)).run(x)
