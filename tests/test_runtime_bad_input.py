@@ -168,16 +168,33 @@ def test_the_tracking_app_names_a_missing_artifact_without_a_traceback(tmp_path)
     assert proc.stderr.startswith("error in python -m runtime.apps.track: no manifest at ") and "manifest.json" in proc.stderr
 
 
-def test_fuzzed_artifacts_and_manifests_give_only_project_errors(tmp_path):
-    """600 random mutations (bytes, truncation, keys, value types) of a small real artifact and its
-    manifest, in a subprocess (a crash would show as a signal): zero exceptions outside the runtime's own."""
-    artifact(tmp_path)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_runtime.py"), str(tmp_path), "600"],
+def onpu_artifact(tmp_path: Path) -> Path:
+    """A small real .onpu container (test_format_onpu's) with its sealed manifest beside it."""
+    from runtime.manifest import seal_manifest, sha256_of
+    from test_format_onpu import build_onpu
+
+    path = build_onpu(tmp_path)
+    manifest = {"schema": 1, "format": "onpu", "artifact": path.name, "sha256": sha256_of(path), "model": "tiny",
+                "target": "rpi5", "quant": "int8_static", "task": "classification",
+                "inputs": [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW"}],
+                "outputs": [{"name": "y", "shape": [1, 5], "dtype": "float32"}], "runtime": {"threads": 1}}
+    (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    return path
+
+
+@pytest.mark.parametrize("make, cases", [(artifact, 600), (onpu_artifact, 300)], ids=["onnx", "onpu"])
+def test_fuzzed_artifacts_and_manifests_give_only_project_errors(tmp_path, make, cases):
+    """Random mutations, one to three stacked per case (bytes, truncation, keys, value types), of a small
+    real artifact (.onnx, and an .onpu container) and its manifest, in a subprocess (a crash would show as
+    a signal): zero exceptions outside the runtime's own."""
+    make(tmp_path)
+    assert load(next(tmp_path.glob("model.onp*")) if make is onpu_artifact else tmp_path / "model.onnx")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_runtime.py"), str(tmp_path), str(cases)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["cases"] == 600 and summary["other_exceptions"] == [], summary
-    assert summary["project_errors"] + summary["loaded"] == 600
+    assert summary["cases"] == cases and summary["other_exceptions"] == [], summary
+    assert summary["project_errors"] + summary["loaded"] == cases and summary["project_errors"] > cases // 2
 
 
 def test_onpu_headers_are_validated(tmp_path):

@@ -1,5 +1,5 @@
-"""Mutate a real artifact folder (model.onnx + manifest.json) at random, with a fixed seed, and load and
-run each mutant through the runtime. Prints a JSON summary: how many cases ended in the runtime's own
+"""Mutate a real artifact folder (model.onnx or model.onpu, and manifest.json) at random, one to three
+mutations stacked per case, with a fixed seed, and load and run each mutant through the runtime. Prints a JSON summary: how many cases ended in the runtime's own
 errors, how many still loaded (a mutation the seal and sha256 cannot see, e.g. JSON whitespace), and
 every other exception (which the test requires to be none).
 
@@ -55,10 +55,23 @@ def mutate_json(data, rng: random.Random):
 def case(src: Path, work: Path, rng: random.Random) -> None:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(src, work)
-    manifest, model = work / "manifest.json", work / "model.onnx"
+    manifest = work / "manifest.json"
+    model = work / json.loads(manifest.read_text())["artifact"]  # the source folder's own, unmutated
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        mutate(manifest, model, rng)
+    session = load(model)
+    session.run(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def mutate(manifest: Path, model: Path, rng: random.Random) -> None:
     kind = rng.randrange(6)
     target = manifest if kind in (0, 1, 2, 3) else model
     data = target.read_bytes()
+    if kind in (0, 1):
+        try:
+            json.loads(data)
+        except ValueError:  # an earlier mutation broke the JSON: break its bytes further instead
+            kind = 2
     if kind == 0:  # a value or key of the manifest, seal left as it was
         target.write_text(json.dumps(mutate_json(json.loads(data), rng)))
     elif kind == 1:  # the same, then re-sealed: the schema must catch it
@@ -69,15 +82,13 @@ def case(src: Path, work: Path, rng: random.Random) -> None:
             body.pop("manifest_sha256", None)
             body = seal_manifest(body)
         target.write_text(json.dumps(body))
-    elif kind in (2, 4):  # random bytes
+    elif kind in (2, 4) and data:  # random bytes
         buf = bytearray(data)
         for _ in range(rng.randint(1, 8)):
             buf[rng.randrange(len(buf))] = rng.randrange(256)
         target.write_bytes(bytes(buf))
     else:  # truncation
-        target.write_bytes(data[: rng.randrange(len(data))])
-    session = load(model)
-    session.run(np.zeros((1, 3, 16, 16), np.float32))
+        target.write_bytes(data[: rng.randrange(max(1, len(data)))])
 
 
 def main() -> int:
