@@ -6,7 +6,8 @@ NAME, made from ``artifacts/``: ``verdicts`` (one row per build: its gold set, n
 each budgeted quantity with its 95 % interval against its bound, the validation split, the verdict)
 ``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
 (conf/builds.yaml's builds that miss their budget: each one's verdict from its own metrics.json, where
-it was built on request, beside what was tried). ``--check`` only
+it was built on request, beside what was tried) and ``profile`` (the build profile's ten slowest stage
+runs). ``--check`` only
 says whether the README is up to date with the artifacts (exit 1 if not).
 """
 from __future__ import annotations
@@ -136,7 +137,21 @@ def missed(root: Path) -> str:
                     rows) if rows else "None."
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "latency": latency, "missed": missed}
+def profile(root: Path) -> str:
+    """The build profile (stages/core/profile.py): the ten slowest stage runs of the build, and the total."""
+    from stages.core.profile import read_all, slowest
+
+    rows, total = slowest(root)
+    if not rows:
+        return "No build profile under the artifacts folder: build first (`python -m stages.build`)."
+    table = [[f"{r['stage']} {r['build']}", f"{r['wall_s']:.1f}", f"{r['startup_s'] or 0:.1f}", f"{r['work_s']:.1f}",
+              ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items()) or NA] for r in rows]
+    return (f"{len(read_all(root))} stage runs, {total / 60:.1f} min of stage wall time in all (two run side by side):\n\n"
+            + md_table(("stage run", "wall s", "startup s", "work s", "phases (s)"), table))
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "latency": latency, "missed": missed,
+                                            "profile": profile}
 
 
 def regenerate(text: str, root: Path) -> str:

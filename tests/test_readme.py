@@ -36,3 +36,17 @@ def test_a_pi_builds_verdict_row_shows_the_emulated_boards_agreement_with_the_ve
     cell = readme.board_check(arm64, "m", "rpi4", "q")
     assert cell == "cortex-a72: 99/100 [0.95, 1.00]; cortex-a76: 50/100 [0.40, 0.60] FAIL: verify failed"
     assert readme.board_check(arm64, "m", "rk3588", "q") == readme.NA and readme.board_check(None, "m", "rpi4", "q") == readme.NA
+
+
+def test_the_profile_table_lists_the_slowest_stage_runs_and_the_total(tmp_path):
+    root = tmp_path / "artifacts"
+    assert "No build profile" in readme.profile(root)
+    for build, stage, wall in (("m", "train", 300.0), ("m/rpi4/q", "evaluate", 60.0)):
+        stamps = root / "_build" / build / ".stamps"
+        stamps.mkdir(parents=True)
+        (stamps / f"{stage}.profile.json").write_text(json.dumps({
+            "stage": stage, "startup_s": 2.0, "work_s": wall - 2.0, "wall_s": wall, "phases_s": {"latency": 4.5}}))
+    table = readme.profile(root)
+    assert table.startswith("2 stage runs, 6.0 min of stage wall time in all")
+    rows = [line for line in table.splitlines() if line.startswith("| train") or line.startswith("| evaluate")]
+    assert rows == ["| train m | 300.0 | 2.0 | 298.0 | latency 4.5 |", "| evaluate m/rpi4/q | 60.0 | 2.0 | 58.0 | latency 4.5 |"]
