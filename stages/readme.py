@@ -97,7 +97,7 @@ def verdict_rows(root: Path) -> list[list[str]]:
 
 def verdicts(root: Path) -> str:
     return md_table(("build", "gold set", "n", "sources", "budgeted quantities [95 % CI] (bound)", "validation split",
-                     "judged by", "emulated board: decisions as judged, first n gold inputs [95 % CI]", "verdict"),
+                     "judged by", "emulated board: decisions as judged, on n gold inputs [95 % CI]", "verdict"),
                     verdict_rows(root))
 
 

@@ -170,3 +170,11 @@ def test_the_report_takes_board_results_from_the_emulated_pi(built, tmp_path):
     assert main(["--artifacts", str(report), "--board-results", str(boards)]) == 0
     md = (report / "report.md").read_text()
     assert "## On real boards" in md and md.count("| aarch64, CPU part: 0xd0b |") == len(list(boards.iterdir()))
+
+
+def test_the_board_subset_is_declared_deterministic_and_spread_over_the_gold_set():
+    assert verify.board_subset(1016, 16) == verify.board_subset(1016, 16)  # the same inputs every build
+    picked = verify.board_subset(1016, 16)
+    assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 1015  # first to last, not the first 16
+    assert all(b - a >= 60 for a, b in zip(picked, picked[1:]))  # MobileNetV2's 8 views of a source stay apart
+    assert verify.board_subset(40, 100) == list(range(40))  # a smaller gold set runs whole

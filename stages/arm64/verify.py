@@ -9,9 +9,9 @@ integer kernels never do, so x86 and arm64 legitimately differ there (../shared/
 
     python -m stages.arm64 [--max-inputs N]      # writes artifacts/arm64.json (the report shows it)
 
-Each artifact runs the first ``model.board_inputs`` of its gold inputs (a declared, deterministic
-subset: MobileNetV2 and WHENet 16, the small models 100). Per artifact and CPU it records the
-device-true numbers: the budget's quantities of the emulated outputs against float on that subset,
+Each artifact runs ``model.board_inputs`` of its gold inputs, evenly spaced across the set (a
+declared, deterministic subset, ``board_subset``: MobileNetV2 and WHENet 16, the small models 100).
+Per artifact and CPU it records the device-true numbers: the budget's quantities of the emulated outputs against float on that subset,
 each with its n and 95 % interval, and the emulated board's agreement with the reference semantics
 that judged the whole gold set, which that agreement validates. The stage fails when the board does
 not reproduce the reference (``board_matches_reference``), naming the artifact and the CPU.
@@ -61,7 +61,7 @@ def pi_builds(plan: dict) -> list[dict]:
 
 
 def gold_batch(model: str, folder: Path, limit: Optional[int]) -> tuple[np.ndarray, list[set[int]], list[str]]:
-    """The model's declared board subset of its gold set (its first ``board_inputs``, at most ``limit``),
+    """The model's declared board subset of its gold set (``board_inputs`` evenly spaced, at most ``limit``),
     preprocessed as the artifact's manifest tells a board; with each input's hand labels and id."""
     from runtime import Manifest
     from stages.core.cli import load
@@ -69,10 +69,19 @@ def gold_batch(model: str, folder: Path, limit: Optional[int]) -> tuple[np.ndarr
 
     spec = load([f"model={model}"]).model
     n = spec.board_inputs if limit is None else min(limit, spec.board_inputs)
-    samples = gold_images(spec.gold)[:n]
+    gold = gold_images(spec.gold)
+    samples = [gold[i] for i in board_subset(len(gold), n)]
     pre = Manifest.read(folder / "manifest.json").preprocessor()
     return (np.stack([pre(image) for _, image, _ in samples]), [accepted for _, _, accepted in samples],
             [ident for ident, _, _ in samples])
+
+
+def board_subset(size: int, n: int) -> list[int]:
+    """The gold inputs the emulated board runs: ``n`` of ``size``, evenly spaced across the set (its sources
+    and variants are in order, so the first n would be a few sources only); all of them when n >= size."""
+    if n >= size:
+        return list(range(size))
+    return sorted({int(i) for i in np.linspace(0, size - 1, n).round()})
 
 
 def board_matches_reference(result: dict, labelled: bool) -> Optional[str]:
@@ -130,7 +139,7 @@ def compare(build: dict, cpu: str, x86: dict[str, Any], arm: np.ndarray, accepte
     ref, host = x86["reference"][:n], x86["host"][:n]
     same, same_host = against(ref), against(host)
     agreeing = int(np.asarray(task.agrees(ref, arm, ids, params), bool).sum())
-    device_true = {"what": f"the emulated {cpu}'s outputs against float on the first {n} gold inputs "
+    device_true = {"what": f"the emulated {cpu}'s outputs against float on {n} gold inputs, evenly spaced "
                            f"(model.board_inputs: {model.board_inputs})",
                    "n": n, "quantities": budget_rule.measure(model.budget, task, floats, arm, accepted, ids, params),
                    "reference_agreement": {"value": agreeing / n, "k": agreeing, "n": n, "ci95": wilson(agreeing, n)}}

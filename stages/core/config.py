@@ -266,7 +266,7 @@ class ModelConfig:
     surgery: Optional[SurgeryConfig] = None
     # what the model's users need of any artifact of it: the same on every target (no target may loosen it)
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig())
-    # the emulated board's share of the gold set (python -m stages.arm64): its first n inputs, a declared,
+    # the emulated board's share of the gold set (python -m stages.arm64): n inputs evenly spaced, a declared,
     # deterministic subset (all of it when smaller), sized to what qemu runs in a build's time
     board_inputs: int = rule(100, ge=1)
 
