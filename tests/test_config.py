@@ -111,7 +111,7 @@ def test_malformed_yaml_and_unknown_target_fail_from_the_command_line(tmp_path):
     assert "Traceback" not in proc.stderr
     (repo / "conf" / "target" / "broken.yaml").unlink()
     proc = run([sys.executable, "-m", "stages.convert", "target=rk9999"], repo, check=False)
-    assert proc.returncode != 0 and "Available options in 'target'" in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "Available options in 'target'" in proc.stderr + proc.stdout  # a user error
 
 
 @pytest.mark.parametrize("overrides, message", [

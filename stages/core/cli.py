@@ -227,6 +227,13 @@ def hydra_entry(stage: Stage) -> Callable[[], None]:
                 check_yaml_syntax(conf_dir)
         except BuildError as exc:
             sys.exit(user_error(f"stage {stage.name!r}", exc))
-        main()
+        try:
+            main()
+        except SystemExit as exc:
+            # Hydra reports its own compose errors (an unknown option, with the options that exist; an unknown
+            # key) on stderr and exits 1; the stages exit 2 for user errors and 3 for bugs, never 1.
+            if exc.code == 1:
+                sys.exit(2)
+            raise
 
     return entry
