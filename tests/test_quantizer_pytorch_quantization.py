@@ -175,6 +175,28 @@ def test_the_budget_repair_can_rank_every_layer(model):
     assert sorted(r["node"] for r in ranked["layers"]) == sorted(
         ["/features/0/0/Conv", "/features/2/0/Conv", "/features/4/0/Conv", "/features/5/0/Conv", "/classifier/Gemm"])
     assert all(np.isfinite(r["error_in_float"]) for r in ranked["layers"])
+    assert ranked["method"] == ["the quantized graph with the layer's quantize/dequantize pairs bypassed"]
+
+
+def test_a_layer_bypassed_in_the_exported_graph_is_the_layer_exported_in_float(model):
+    """The repair's ranking bypasses a layer's Q/DQ pairs in the one exported graph instead of exporting
+    the module again per layer: both graphs must compute the same outputs, for every layer."""
+    from stages.quantizers.repair import COMPUTE_OPS, output_error
+
+    cache = model.tmp / "bypass_cache.json"
+    base = quantize(model, "pq_base", cache=cache)
+    x = np.stack([t[0] for t in model.inputs])
+    ref = np.concatenate([run(model.layout.rewritten, t) for t in model.inputs])
+    layers = [n.name for n in onnx.load(str(model.layout.rewritten)).graph.node if n.op_type in COMPUTE_OPS]
+    assert len(layers) == 5
+    for node in layers:
+        bypassed = model.tmp / "bypassed.onnx"
+        assert pq._bypassed(base, node, bypassed)
+        exported = quantize(model, "pq_exported", exclude=[node], cache=cache)
+        np.testing.assert_allclose(output_error(bypassed, x, ref, "input"), output_error(exported, x, ref, "input"),
+                                   rtol=1e-6, err_msg=node)
+        np.testing.assert_allclose(run(bypassed, model.inputs[0]), run(exported, model.inputs[0]), atol=1e-5)
+    assert not pq._bypassed(base, "/features/1/MaxPool", model.tmp / "no.onnx")  # not a quantized layer
 
 
 def test_settings_it_cannot_honour_are_errors(model):

@@ -23,6 +23,10 @@ class Scheme:
     quantize: Callable[["Config", "Layout", Path, Sequence[str], Optional[Path]], dict]
     repairable: bool = False  # can keep named nodes in float (the budget repair needs that)
     qdq: bool = False  # the output is a QDQ graph (per-layer divergence applies)
+    # The repair's ranking: a graph with only ``node`` in float, made from the graph with everything
+    # quantized (``base``) and written to ``out``; False where the scheme cannot (the repair then quantizes
+    # once per candidate). None: always quantize once per candidate.
+    keep_float: Optional[Callable[[Path, str, Path], bool]] = None
 
 
 SCHEMES: Registry[Scheme] = Registry("quant scheme", "quant.scheme")

@@ -360,4 +360,31 @@ def _quantize(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Option
             "export": exported}
 
 
-SCHEMES.register("pytorch_quantization")(Scheme(_quantize, repairable=True, qdq=True))
+def _bypassed(base: Path, node: str, out: Path) -> bool:
+    """The exported graph with ``node`` in float, without exporting again (a trace and an export of the
+    whole module per layer, about 4 s for MobileNetV2): every quantized layer has its own input and weight
+    quantizers, exported as QuantizeLinear -> DequantizeLinear pairs that feed only it, so the layer reads
+    the pairs' float inputs instead. That is the graph `_quantize` exports with the layer kept in float
+    (tests/test_quantizer_pytorch_quantization.py compares the two). False when the node is not a layer
+    fed that way."""
+    import onnx
+
+    model = onnx.load(str(base))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    layer = next((n for n in model.graph.node if n.name == node), None)
+    if layer is None:
+        return False
+    bypassed = 0
+    for i, tensor in enumerate(list(layer.input[:2])):
+        dq = producer.get(tensor)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            layer.input[i] = q.input[0]
+            bypassed += 1
+    if not bypassed:
+        return False
+    onnx.save(model, str(out))
+    return True
+
+
+SCHEMES.register("pytorch_quantization")(Scheme(_quantize, repairable=True, qdq=True, keep_float=_bypassed))

@@ -103,13 +103,18 @@ def sensitivity(cfg, layout, scheme: Scheme, cache: Optional[Path], tmp: Path) -
     excluded = set(cfg.quant.exclude_nodes)
     candidates = [n.name for n in onnx.load(str(layout.rewritten)).graph.node
                   if n.op_type in COMPUTE_OPS and n.name not in excluded]
-    rows = []
+    rows, methods = [], set()
     for node in track(candidates, f"sensitivity of {len(candidates)} layers"):
         path = tmp / "one.onnx"
-        scheme.quantize(cfg, layout, path, [node], cache)
+        if scheme.keep_float is not None and scheme.keep_float(base_path, node, path):
+            methods.add("the quantized graph with the layer's quantize/dequantize pairs bypassed")
+        else:
+            scheme.quantize(cfg, layout, path, [node], cache)
+            methods.add("quantized again with the layer in float")
         error = output_error(path, inputs, reference, name)
         rows.append({"node": node, "error_in_float": error, "gain": base - error})
-    return {"inputs": len(inputs), "baseline_error": base, "layers": sorted(rows, key=lambda r: -r["gain"])}
+    return {"inputs": len(inputs), "baseline_error": base, "method": sorted(methods),
+            "layers": sorted(rows, key=lambda r: -r["gain"])}
 
 
 def repair(cfg, layout, scheme: Scheme, out: Path, cache: Optional[Path]) -> dict:  # noqa: ANN001
