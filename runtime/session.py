@@ -35,6 +35,7 @@ class Session:
         self.path = path
         self.manifest = manifest
         self.backend = backend
+        self._labels_checked = False  # a free class dimension's label count: checked on the first run
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -50,17 +51,20 @@ class Session:
 
     def _check_label_count(self, results: list) -> None:
         """Labels for an output whose class dimension is free in the manifest (the schema counts them when
-        it is fixed): the first run's output must have as many classes as the manifest has labels."""
+        it is fixed): the first run's output must have as many classes as the manifest has labels. Once per
+        session: the model's class count does not change between runs."""
+        if self._labels_checked:
+            return
         for spec, value in zip(self.outputs, results):
             if not spec.labels or not spec.shape:
                 continue
             axis = 1 if len(spec.shape) > 1 else 0
-            if isinstance(spec.shape[axis], int):
-                continue
-            classes = np.asarray(value).shape[axis] if np.asarray(value).ndim > axis else None
-            if classes != len(spec.labels):
+            shape = np.shape(value)
+            classes = shape[axis] if len(shape) > axis else None
+            if not isinstance(spec.shape[axis], int) and classes != len(spec.labels):
                 raise RuntimeLoadError(f"{self.path}: output {spec.name!r} has {classes} classes but the manifest "
                                        f"has {len(spec.labels)} labels for it; the manifest is from another build")
+        self._labels_checked = True
 
     def preprocess(self, image: Any, input_index: int = 0) -> np.ndarray:
         """An RGB image (PIL or HxWx3 uint8) -> the model's input tensor, as the manifest says."""

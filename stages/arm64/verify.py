@@ -11,9 +11,9 @@ integer kernels never do, so x86 and arm64 legitimately differ there (../shared/
 
 Each artifact runs ``model.board_inputs`` of its gold inputs, evenly spaced across the set (a
 declared, deterministic subset, ``board_subset``: MobileNetV2 and WHENet 16, the small models 100).
-Per artifact and CPU it records the device-true numbers: the budget's quantities of the emulated outputs against float on that subset,
-each with its n and 95 % interval, and the emulated board's agreement with the reference semantics
-that judged the whole gold set, which that agreement validates. The stage fails when the board does
+Per artifact and CPU it records the device-true numbers: the budget's quantities of the emulated
+outputs against float on that subset, each with its n and 95 % interval, and the emulated board's
+agreement with the reference semantics that judged the whole gold set, which that agreement validates. The stage fails when the board does
 not reproduce the reference (``board_matches_reference``), naming the artifact and the CPU.
 
 A Pi artifact is a build whose target names a `cpu`. Emulated timings are recorded as such: they
@@ -143,18 +143,20 @@ def compare(build: dict, cpu: str, x86: dict[str, Any], arm: np.ndarray, accepte
                            f"(model.board_inputs: {model.board_inputs})",
                    "n": n, "quantities": budget_rule.measure(model.budget, task, floats, arm, accepted, ids, params),
                    "reference_agreement": {"value": agreeing / n, "k": agreeing, "n": n, "ci95": wilson(agreeing, n)}}
-    return {"build": build["build"], "model": build["model"], "target": build["target"], "quant": build["quant"],
-            "artifact": build["artifact"], "cpu": cpu, "board_cpu": cpu == build["board_cpu"], "n": n,
-            "reference_x86": x86["reference_backend"], "device_true": device_true,
-            "max_abs_diff": same["max_abs_diff"], "top1_agreement": same["agreement"],
-            "host_x86": {"backend": x86["host_backend"], "max_abs_diff": same_host["max_abs_diff"],
-                         "top1_agreement": same_host["agreement"],
-                         "top1": task.score(host, accepted, ids, params).get("top1")},
-            "top1_x86": task.score(ref, accepted, ids, params).get("top1"),
-            "top1_arm64": task.score(arm, accepted, ids, params).get("top1"),
-            "backend_arm64": info["backend"], "backend_version_arm64": info.get("backend_version"),
-            "verify": info.get("verify"), "build_code_on_board": info.get("build_code_installed"),
-            "machine": info["machine"], "emulated_ms_per_input": round(info["emulated_ms_per_input"], 1)}
+    result = {"build": build["build"], "model": build["model"], "target": build["target"], "quant": build["quant"],
+              "artifact": build["artifact"], "cpu": cpu, "board_cpu": cpu == build["board_cpu"], "n": n,
+              "reference_x86": x86["reference_backend"], "device_true": device_true,
+              "max_abs_diff": same["max_abs_diff"], "top1_agreement": same["agreement"],
+              "host_x86": {"backend": x86["host_backend"], "max_abs_diff": same_host["max_abs_diff"],
+                           "top1_agreement": same_host["agreement"],
+                           "top1": task.score(host, accepted, ids, params).get("top1")},
+              "top1_x86": task.score(ref, accepted, ids, params).get("top1"),
+              "top1_arm64": task.score(arm, accepted, ids, params).get("top1"),
+              "backend_arm64": info["backend"], "backend_version_arm64": info.get("backend_version"),
+              "verify": info.get("verify"), "build_code_on_board": info.get("build_code_installed"),
+              "machine": info["machine"], "emulated_ms_per_input": round(info["emulated_ms_per_input"], 1)}
+    result["mismatch"] = board_matches_reference(result, model.gold.labelled)
+    return result
 
 
 def setup() -> tuple[Path, str, dict[str, Any]]:
@@ -216,11 +218,6 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
     timing["run_s"] = round(time.monotonic() - run_started, 1)
     results = [compare(build, cpu, x86, np.load(work / build["build"] / f"{cpu}.npy"), accepted, ids, info)
                for cpu in cpus for (build, _, _, accepted, ids), x86, info in zip(prepared, refs, infos[cpu])]
-    from stages.core.cli import load
-
-    labelled = {m: load([f"model={m}"]).model.gold.labelled for m in {r["model"] for r in results}}
-    for r in results:
-        r["mismatch"] = board_matches_reference(r, labelled[r["model"]])
     shutil.rmtree(work, ignore_errors=True)
     cold = not all(timing[f"{phase}_reused"] for phase in ("rootfs", "wheelhouse", "venv"))
     from stages.core.hostinfo import int8_arithmetic

@@ -22,7 +22,6 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
