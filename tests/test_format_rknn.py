@@ -67,3 +67,64 @@ def test_the_quant_scheme_picks_the_toolkit_algorithm_and_the_target_gives_the_d
         cfg = load(["model=mobilenet_v2", "target=rk3588", f"quant={quant}"])
         assert rknn.algorithm(cfg) == expected, quant
     assert load(["target=rk3588", "quant=rknn_int8_mmse"]).quant.calibration.num_samples == 16
+
+
+def classifier_onnx(path: Path) -> Path:
+    """conv -> global pool -> flatten -> gemm: a classifier's tail, as MobileNetV2 exports it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name) for name, shape in
+               (("w", (8, 3, 3, 3)), ("b", (8,)), ("fc_w", (10, 8)), ("fc_b", (10,)))]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
+             helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_float_outputs_keep_the_op_computing_each_output_with_the_reshapes_before_it(tmp_path):
+    """The toolkit fuses Flatten away, so the float16 subgraph starts at the pool's output."""
+    assert rknn.float_subgraphs(classifier_onnx(tmp_path / "model.onnx")) == [["pool", "logits"]]
+    from stages.core.cli import load
+
+    cfg = load(["model=mobilenet_v2", "target=rk3588", "quant=rknn_int8_hybrid"])
+    assert cfg.quant.float_outputs and rknn.algorithm(cfg) == "mmse"
+
+
+@pytest.mark.skipif(not (rknn.RKNN_VENV / "bin" / "python").exists(),
+                    reason=".venv-rknn is missing: run `python3 -m stages.bootstrap setup` to create it")
+def test_a_hybrid_build_runs_in_the_real_toolkit_and_leaves_no_files_behind(tmp_path, monkeypatch):
+    """float_subgraphs take the toolkit's hybrid path (step 1, then step 2 on a fresh object); the
+    simulator runs the result; the toolkit's intermediate files do not stay in prepared/."""
+    import numpy as np
+
+    monkeypatch.delenv("RKNN_TOOLKIT2_PYTHON", raising=False)
+    layout = fake_layout(tmp_path)
+    classifier_onnx(layout.prepared_dir / "model.onnx")
+    (layout.prepared_dir / "dataset").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        np.save(layout.prepared_dir / "dataset" / f"{i}.npy", rng.uniform(0, 255, (1, 3, 16, 16)).astype(np.float32))
+    (layout.prepared_dir / "dataset.txt").write_text("".join(f"dataset/{i}.npy\n" for i in range(4)))
+    config = json.loads((layout.prepared_dir / "rknn_config.json").read_text())
+    config["float_subgraphs"] = rknn.float_subgraphs(layout.prepared_dir / "model.onnx")
+    (layout.prepared_dir / "rknn_config.json").write_text(json.dumps(config))
+    before = sorted(p.name for p in layout.prepared_dir.iterdir())
+    inputs = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "inputs.npy", inputs)
+    result = rknn.run_worker(cfg_for("rknn"), layout, tmp_path / "model.rknn",
+                             simulate={"inputs": str(tmp_path / "inputs.npy"), "outputs": str(tmp_path / "out.npy"),
+                                       "data_format": "nhwc"})
+    assert result["steps"]["hybrid_quantization_step1"] == 0 and result["steps"]["hybrid_quantization_step2"] == 0
+    assert "build" not in result["steps"]
+    assert (tmp_path / "model.rknn").stat().st_size > 0
+    outputs = np.load(tmp_path / "out.npy")
+    assert outputs.shape == (2, 10) and np.isfinite(outputs).all()
+    assert sorted(p.name for p in layout.prepared_dir.iterdir()) == before

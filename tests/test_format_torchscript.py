@@ -156,3 +156,32 @@ def test_clamp_any_layout_is_exact_where_qnnpack_clamp_is_not() -> None:
     patched = clamp_any_layout(q, 0.0, 6.0)
     assert torch.equal(patched.dequantize(), expected)
     assert patched.is_contiguous(memory_format=torch.channels_last)  # the next conv needs no layout change
+
+
+def test_the_mean_observer_averages_each_calls_extremes() -> None:
+    """torch_int8_averaged's activation ranges: the mean of each calibration input's own min and max
+    (ONNX Runtime's CalibMovingAverage), not the extremes of all of them."""
+    from stages.formats.torchscript import mean_minmax_observer
+
+    observer = mean_minmax_observer()(dtype=torch.quint8, reduce_range=False)
+    for low, high in ((-1.0, 2.0), (-3.0, 4.0), (0.0, 9.0)):
+        observer(torch.tensor([low, 0.25, high]))
+    assert observer.min_val.item() == pytest.approx(-4.0 / 3) and observer.max_val.item() == pytest.approx(5.0)
+
+
+def test_the_averaged_recipe_keeps_the_classifier_float(setup: SimpleNamespace) -> None:
+    """quant=torch_int8_averaged: every conv INT8, the Linear that computes the logits in float, and
+    the manifest says so; the build still agrees with float on real test images."""
+    cfg = load_config(["model=fashion_cnn_npu", "target=rpi4_torch", "model.module.width=8", "quant=torch_int8_averaged"])
+    out = build(SimpleNamespace(**{**vars(setup), "cfg": cfg}), "averaged")
+    manifest = json.loads((out.parent / "manifest.json").read_text())["torch"]
+    assert manifest["kept_float"] == ["classifier"]
+    assert manifest["qconfig"]["activation"]["observer"] == "MeanMinMaxObserver"
+    assert manifest["calibration"]["batch"] == 1
+    torch.backends.quantized.engine = "qnnpack"
+    graph = str(torch.jit.load(str(out)).graph)
+    assert graph.count("quantized::conv2d") == 4 and "quantized::linear" not in graph and "aten::linear" in graph
+    with torch.no_grad():
+        reference = setup.module(torch.from_numpy(setup.x_test)).numpy()
+    candidate = np.concatenate([load(out).run(x[None]) for x in setup.x_test])
+    assert (reference.argmax(1) == candidate.argmax(1)).mean() >= 0.95

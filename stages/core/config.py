@@ -388,7 +388,8 @@ class QuantConfig:
     exclude_nodes: List[str] = field(default_factory=list)  # node names kept in float
     exclude_op_types: List[str] = field(default_factory=list)  # op types kept in float (mixed precision)
     op_types: List[str] = field(default_factory=list)  # ort_dynamic: the op types quantized (default MatMul, Gemm)
-    # ort_static: the ops that compute the graph's outputs write them in float (no QDQ pair on a logit)
+    # the ops that compute the graph's outputs write them in float: ort_static drops the QDQ pair on a
+    # logit; vendor (RKNN) runs those ops in float16 through the toolkit's hybrid quantization
     float_outputs: bool = False
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
     # scheme vendor: the toolkit's own quantization algorithm (RKNN: quantized_algorithm); null keeps the target's

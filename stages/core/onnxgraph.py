@@ -113,6 +113,26 @@ def float_outputs(graph: Any) -> list[str]:
     return changed
 
 
+RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
+
+
+def output_heads(graph: Any) -> list[list[str]]:
+    """For each graph output, the subgraph [first tensor, output] of the op that computes it (a
+    classifier's Gemm), with the reshapes in front of that op included: [[tensor, output], ...].
+    A vendor toolkit fuses such reshapes away, so their tensors may not exist in its graph."""
+    producer = {out: node for node in graph.node for out in node.output}
+    heads = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        if node is None or not node.input:
+            continue
+        tensor = node.input[0]
+        while tensor in producer and producer[tensor].op_type in RESHAPES:
+            tensor = producer[tensor].input[0]
+        heads.append([tensor, output.name])
+    return heads
+
+
 def session(model: Any, threads: int = 1, reference: bool = False) -> Any:
     """A CPU ONNX Runtime session on a path or a ModelProto, with a fixed thread count. ``reference``:
     graph optimizations off, so a QDQ graph runs as written (its reference semantics), not through

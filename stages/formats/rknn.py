@@ -73,6 +73,20 @@ def _pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
     return np.clip(np.round(calibration * std + mean), 0, 255).astype(np.float32)
 
 
+def float_subgraphs(model: Path) -> list[list[str]]:
+    """quant.float_outputs on RKNN: the ops that compute the graph's outputs (a classifier's Gemm) run
+    in float16 through the toolkit's hybrid quantization, so the logits are not rounded to 8 bits."""
+    import onnx
+
+    from stages.core.onnxgraph import output_heads
+
+    heads = output_heads(onnx.load(str(model), load_external_data=False).graph)
+    if not heads:
+        raise BuildError(f"quant.float_outputs: no op computes an output of {model}",
+                         hint="set quant.float_outputs=false for this model")
+    return heads
+
+
 def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
     rk = _rknn(cfg)
     prepared = layout.prepared_dir
@@ -91,6 +105,8 @@ def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
               "mean": [list(cfg.model.input.mean)], "std": [list(cfg.model.input.std)],
               "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": algorithm(cfg),
               "optimization_level": rk.optimization_level, "onnx": "model.onnx", "dataset": "dataset.txt"}
+    if cfg.quant.float_outputs:
+        config["float_subgraphs"] = float_subgraphs(model)
     (prepared / "rknn_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return [model, prepared / "dataset.txt", prepared / "rknn_config.json"]
 
@@ -102,13 +118,20 @@ def _deterministic_prefix() -> list[str]:
     return [setarch, platform.machine(), "-R"] if setarch else []
 
 
+def job_config(layout) -> dict:  # noqa: ANN001
+    return json.loads((layout.prepared_dir / "rknn_config.json").read_text())
+
+
 def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> dict:  # noqa: ANN001
     """Run the toolkit on the prepared inputs (cwd = prepared/, so dataset.txt stays relative)."""
     python = toolkit_python(cfg)
     if python is None:
         raise BuildError(_unavailable(cfg) or "RKNN toolkit missing")
-    job = json.loads((layout.prepared_dir / "rknn_config.json").read_text())
-    job.update(output=str(output))
+    job = job_config(layout)
+    hybrid = f", float16: {job['float_subgraphs']}" if job.get("float_subgraphs") else ""
+    console.print(f"RKNN toolkit {job['toolkit']}: {cfg.target.rknn.platform} "
+                  f"({job['quantized_dtype']}, {job['quantized_algorithm']}{hybrid})")
+    job["output"] = str(output)
     with tempfile.TemporaryDirectory() as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
@@ -116,8 +139,6 @@ def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> di
         # leaked addresses must not depend on whether a simulation follows.
         (Path(tmp) / "simulate.json").write_text(json.dumps(simulate))
         extra = [str(Path(tmp) / "simulate.json")]
-        console.print(f"RKNN toolkit {job['toolkit']}: {cfg.target.rknn.platform} "
-                      f"({job['quantized_dtype']}, {job['quantized_algorithm']})")
         # A fixed, minimal environment: its size shifts the stack, and with it the leaked addresses.
         # TQDM_DISABLE: progress strings vary with timing and shift the heap too.
         env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "PYTHONHASHSEED": "0",
@@ -171,6 +192,7 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
     return {"inputs": device_inputs(cfg), "toolchain": {dist: _toolkit_version(cfg)},
             "rknn": {"platform": rk.platform, "quantized_dtype": rk.quantized_dtype,
                      "quantized_algorithm": algorithm(cfg), "optimization_level": rk.optimization_level,
+                     "float16_subgraphs": job_config(layout).get("float_subgraphs", []),
                      "build_s": result["times"].get("build_s")}}
 
 

@@ -16,6 +16,12 @@ to check that the model it simulates is byte-identical to the artifact. simulate
 ``data_format`` (nhwc or nchw) comes from the manifest, through the rule the board's runtime uses
 (runtime/backends/rknn.py, ``data_format``).
 
+Hybrid quantization (job key float_subgraphs: [[first tensor, last tensor], ...] kept in float16)
+replaces build(): hybrid_quantization_step1 (custom_hybrid) writes <onnx stem>.model, .data and
+.quantization.cfg into the working folder with those layers marked float16; a fresh RKNN object
+builds from them (hybrid_quantization_step2; with mmse, the range search runs there); the three
+files are removed afterwards.
+
 Python 3.6 grammar (no ``from __future__ import annotations``, no PEP 604/585 types): rknn-toolkit
 1.x, for RK1808, runs on Python 3.6-3.8. tests/test_runtime_python_versions.py parses it so.
 """
@@ -60,6 +66,36 @@ def configure(rknn: object, job: dict) -> None:
                     optimization_level=job["optimization_level"])
 
 
+def hybrid_build(rknn: object, job: dict, steps: dict) -> object:
+    """Build with the subgraphs in job["float_subgraphs"] in float16 and the rest as
+    quantized_algorithm says. Returns the RKNN object that holds the built model."""
+    from rknn.api import RKNN
+
+    if job["toolkit"] != 2:
+        raise StepFailed("float subgraphs (custom_hybrid) need rknn-toolkit2's hybrid_quantization_step1")
+    subgraphs = [list(pair) for pair in job["float_subgraphs"]]
+    stem = os.path.splitext(os.path.basename(job["onnx"]))[0]
+    model, data, quantization = stem + ".model", stem + ".data", stem + ".quantization.cfg"
+    built = RKNN(verbose=False)
+    try:
+        check("hybrid_quantization_step1",
+              lambda: rknn.hybrid_quantization_step1(dataset=job["dataset"], proposal=False,  # type: ignore[attr-defined]
+                                                     custom_hybrid=subgraphs), steps)
+        configure(built, job)
+        check("hybrid_quantization_step2",
+              lambda: built.hybrid_quantization_step2(model_input=model, data_input=data,
+                                                      model_quantization_cfg=quantization), steps)
+    except BaseException:
+        built.release()
+        raise
+    finally:
+        rknn.release()  # type: ignore[attr-defined]
+        for name in (model, data, quantization):
+            if os.path.exists(name):
+                os.remove(name)
+    return built
+
+
 def run(job: dict, simulate_path: Optional[str]) -> dict:
     import numpy as np
     from rknn.api import RKNN
@@ -75,7 +111,10 @@ def run(job: dict, simulate_path: Optional[str]) -> dict:
             lines = str(exc).strip().splitlines()
             raise StepFailed(f"rknn config rejected the target: {lines[-1] if lines else exc!r}") from None
         check("load_onnx", lambda: rknn.load_onnx(model=job["onnx"]), steps)
-        check("build", lambda: rknn.build(do_quantization=True, dataset=job["dataset"]), steps)
+        if job.get("float_subgraphs"):
+            rknn = hybrid_build(rknn, job, steps)
+        else:
+            check("build", lambda: rknn.build(do_quantization=True, dataset=job["dataset"]), steps)
         times["build_s"] = round(time.time() - start, 2)
         check("export_rknn", lambda: rknn.export_rknn(job["output"]), steps)
         sim = None

@@ -34,12 +34,12 @@ def model_config(data: dict[str, Any]) -> Any:
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     from stages.core.models import float_module
-    from stages.formats.torchscript import build_here, calibration_inputs
+    from stages.formats.torchscript import Recipe, build_here, calibration_inputs
 
     model = model_config(job["model"])
     module = float_module(model, Path(job["weights"]))
     calibration = calibration_inputs(Path(job["calibration"]), job["num_samples"], list(model.input.shape))
-    return build_here(module, calibration, job["engine"], Path(job["output"]), job["per_channel"])
+    return build_here(module, calibration, job["engine"], Path(job["output"]), Recipe(**job["recipe"]))
 
 
 def main(job_path: str, result_path: str) -> int:
