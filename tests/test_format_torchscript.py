@@ -7,6 +7,7 @@ something, and ReLU6 after conv is exactly the pattern torch's qnnpack clamp get
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -185,3 +186,23 @@ def test_the_averaged_recipe_keeps_the_classifier_float(setup: SimpleNamespace) 
         reference = setup.module(torch.from_numpy(setup.x_test)).numpy()
     candidate = np.concatenate([load(out).run(x[None]) for x in setup.x_test])
     assert (reference.argmax(1) == candidate.argmax(1)).mean() >= 0.95
+
+
+def test_the_manifest_io_is_cross_checked_against_the_archive(artifact: Path) -> None:
+    """A .pt declares no shapes: load checks the forward's arity and one run on zeros of the declared
+    inputs against the declared outputs, and names what differs."""
+    from runtime import Manifest
+    from runtime.backends.torchscript import open_torchscript
+    from runtime.errors import RuntimeLoadError
+    from runtime.manifest import TensorSpec
+
+    manifest = Manifest.read(artifact.parent / "manifest.json")
+    assert open_torchscript(artifact, manifest).run({"input": np.zeros((1, 1, 28, 28), np.float32)})[0].shape == (1, 10)
+    output = manifest.outputs[0]
+    for field, value, message in (("outputs", [TensorSpec(output.name, (1, 11), "float32")], r"is float32\[1, 10\]"),
+                                  ("outputs", [output, output], "returns 1 output"),
+                                  ("inputs", [TensorSpec("input", (1, 3, 28, 28), "float32")], "rejects the manifest's inputs"),
+                                  ("inputs", [*manifest.inputs, *manifest.inputs], "takes 1 input")):
+        wrong = dataclasses.replace(manifest, **{field: value})
+        with pytest.raises(RuntimeLoadError, match=message):
+            open_torchscript(artifact, wrong)
