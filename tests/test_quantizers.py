@@ -67,7 +67,7 @@ def ops(path: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("quant, min_cosine", [
     ("int8_static", 0.98), ("int8_pertensor_minmax", 0.95), ("int8_entropy", 0.95), ("int8_percentile", 0.95),
-    ("int8_mixed", 0.98), ("w8a16", 0.999), ("fp16", 0.9999), ("int8_dynamic", 0.999), ("fp32", 1.0)])
+    ("int8_mixed", 0.98), ("int8_nncf", 0.98), ("w8a16", 0.999), ("fp16", 0.9999), ("int8_dynamic", 0.999), ("fp32", 1.0)])
 def test_each_scheme_stays_close_to_float(model, quant, min_cosine):
     out, _ = quantize(model, quant)
     for x in model.inputs[:8]:
@@ -108,6 +108,27 @@ def test_static_int8_writes_its_outputs_in_float_from_running_average_ranges(mod
     shared = [name for name in averaged if name in plain]
     assert shared and all(averaged[k] <= plain[k] * (1 + 1e-6) for k in shared)
     assert sum(averaged[k] < plain[k] * 0.99 for k in shared) >= len(shared) // 2
+
+
+def test_nncf_writes_a_reproducible_qdq_graph_with_float_outputs_and_its_ignored_scope(model):
+    """int8_nncf (NNCF's min/max + fast bias correction): QDQ with the logits unrounded, the same bytes
+    from the same inputs, and exclude_op_types kept in float through NNCF's ignored scope."""
+    import hashlib
+
+    first, details = quantize(model, "int8_nncf")
+    graph = onnx.load(str(first)).graph
+    assert details["fast_bias_correction"] and "float_outputs" not in details  # NNCF leaves outputs unquantized
+    assert {o: n.op_type for n in graph.node for o in n.output}["logits"] == "Gemm"
+    assert ops(first)["QuantizeLinear"] > 0
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    again, _ = quantize(model, "int8_nncf")
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == digest
+    gemm_name = next(n.name for n in onnx.load(str(model.layout.rewritten)).graph.node if n.op_type == "Gemm")
+    cfg = load(["model=fashion_cnn_npu", "quant=int8_nncf"])
+    SCHEMES.get("nncf_ptq").quantize(cfg, model.layout, model.tmp / "nncf_repaired.onnx", (gemm_name,), None)
+    graph = onnx.load(str(model.tmp / "nncf_repaired.onnx")).graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    assert {o: n.op_type for n in graph.node for o in n.output}.get(gemm.input[1]) != "DequantizeLinear"
 
 
 def test_fp16_and_dynamic_schemes(model):

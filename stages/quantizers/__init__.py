@@ -32,4 +32,4 @@ class Scheme:
 SCHEMES: Registry[Scheme] = Registry("quant scheme", "quant.scheme")
 
 # Importing a module registers its schemes.
-from . import basic, ort, pytorch_quantization  # noqa: E402,F401
+from . import basic, nncf_ptq, ort, pytorch_quantization  # noqa: E402,F401
