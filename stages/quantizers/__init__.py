@@ -31,5 +31,20 @@ class Scheme:
 
 SCHEMES: Registry[Scheme] = Registry("quant scheme", "quant.scheme")
 
+
+def calibration_batches(cfg: "Config", layout: "Layout") -> list:
+    """The first quant.calibration.num_samples calibration tensors, one batch of one each."""
+    import numpy as np
+
+    from stages.core.errors import BuildError
+
+    data = np.load(layout.calibration)
+    n = cfg.quant.calibration.num_samples
+    if n > len(data):
+        raise BuildError(f"quant.calibration.num_samples={n} but the calibration set has {len(data)} tensors",
+                         hint="lower num_samples or raise model.calibration.augment.samples")
+    return [data[i:i + 1] for i in range(n)]
+
+
 # Importing a module registers its schemes.
 from . import basic, nncf_ptq, ort, pytorch_quantization  # noqa: E402,F401

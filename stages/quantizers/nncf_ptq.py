@@ -12,13 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from stages.core import onnxgraph
 from stages.core.errors import BuildError, first_line
 from stages.core.log import console
 
-from . import SCHEMES, Scheme
+from . import SCHEMES, Scheme, calibration_batches
 
 
 def _nncf(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[Path] = None) -> dict:  # noqa: ANN001
@@ -30,13 +28,10 @@ def _nncf(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional[P
     import onnx
 
     q = cfg.quant
-    data = np.load(layout.calibration)
-    n = q.calibration.num_samples
-    if n > len(data):
-        raise BuildError(f"quant.calibration.num_samples={n} but the calibration set has {len(data)} tensors",
-                         hint="lower num_samples or raise model.calibration.augment.samples")
+    batches = calibration_batches(cfg, layout)
+    n = len(batches)
     name = cfg.model.input.name
-    dataset = nncf.Dataset([data[i:i + 1] for i in range(n)], lambda x: {name: x})
+    dataset = nncf.Dataset(batches, lambda x: {name: x})
     preset = nncf.QuantizationPreset.PERFORMANCE if q.symmetric_activations else nncf.QuantizationPreset.MIXED
     ignored = nncf.IgnoredScope(names=[*q.exclude_nodes, *exclude], types=list(q.exclude_op_types), validate=False)
     console.print(f"NNCF {nncf.__version__}: min/max + fast bias correction on {n} tensors ({preset.value} preset)")

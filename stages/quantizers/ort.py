@@ -7,14 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from stages.core import onnxgraph
 from stages.core.config import CalibMethod, QType
 from stages.core.errors import BuildError, first_line
 from stages.core.log import console, track
 
-from . import SCHEMES, Scheme
+from . import SCHEMES, Scheme, calibration_batches
 
 # Ops ORT quantizes when no list is given; "keep these op types in float" removes from it.
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "Sigmoid", "HardSigmoid",
@@ -42,12 +41,8 @@ def _static(cfg, layout, out: Path, exclude: Sequence[str] = (), cache: Optional
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat
 
     q = cfg.quant
-    data = np.load(layout.calibration)
-    n = q.calibration.num_samples
-    if n > len(data):
-        raise BuildError(f"quant.calibration.num_samples={n} but the calibration set has {len(data)} tensors",
-                         hint="lower num_samples or raise model.calibration.augment.samples")
-    batches = [data[i:i + 1] for i in range(n)]
+    batches = calibration_batches(cfg, layout)
+    n = len(batches)
     input_name = cfg.model.input.name
 
     class Reader(CalibrationDataReader):
