@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-
 from stages.core import onnxgraph
 from stages.core.config import CalibMethod, QType
 from stages.core.errors import BuildError, first_line
