@@ -337,19 +337,23 @@ def test_onpu_artifact_runs_through_the_runtime_on_cpu(built):
     assert manifest["partition"]["cpu_nodes"] > 0 and manifest["partition"]["npu_nodes"] > 0
 
 
-def rknn_builds() -> list[tuple[str, str]]:
+def rknn_builds() -> list[tuple[str, str, str]]:
     import yaml
 
     plan = yaml.safe_load((ROOT / "conf/builds.yaml").read_text())
-    return [(b["model"], b["target"]) for b in plan["builds"].values() if b["artifact"] == "model.rknn"]
+    return [(b["model"], b["target"], b["quant"]) for b in plan["builds"].values() if b["artifact"] == "model.rknn"]
 
 
-@pytest.mark.parametrize("model, target", rknn_builds())
-def test_rknn_artifacts_were_checked_in_the_simulator_as_built(built, model, target):
-    folder = built / "artifacts" / model / target / "rknn_int8"
+@pytest.mark.parametrize("model, target, quant", rknn_builds())
+def test_rknn_artifacts_were_checked_in_the_simulator_as_built(built, model, target, quant):
+    folder = built / "artifacts" / model / target / quant
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["inputs"][0]["layout"] == "NHWC"
     assert manifest["toolchain"]["rknn-toolkit2"] == "2.5.0" and manifest["rknn"]["platform"] == target
+    from stages.core.cli import load as load_config
+
+    hybrid = load_config([f"model={model}", f"target={target}", f"quant={quant}"]).quant.float_outputs
+    assert bool(manifest["rknn"]["float16_subgraphs"]) == hybrid  # the classifier in float16, where the scheme says
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["analysis"]["simulated_model_is_the_artifact"] is True
     assert metrics["latency_ms"]["artifact"] is None and metrics["speedup"] is None  # no fake device timing
