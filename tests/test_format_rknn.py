@@ -128,3 +128,26 @@ def test_a_hybrid_build_runs_in_the_real_toolkit_and_leaves_no_files_behind(tmp_
     outputs = np.load(tmp_path / "out.npy")
     assert outputs.shape == (2, 10) and np.isfinite(outputs).all()
     assert sorted(p.name for p in layout.prepared_dir.iterdir()) == before
+
+
+def test_a_detectors_heads_are_found_through_the_ops_that_gather_them(tmp_path):
+    """BlazeFace's shape: two head convs, each reshaped, concatenated into the one output; each head's
+    input starts a float16 subgraph, found through Reshape/Concat, and a shared input counts once."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stages.core.onnxgraph import output_heads
+
+    weights = [numpy_helper.from_array(np.ones((4, 8, 1, 1), np.float32), "w"),
+               numpy_helper.from_array(np.array([1, -1, 2], np.int64), "shape")]
+    nodes = [helper.make_node("Relu", ["x"], ["features"]),
+             helper.make_node("Relu", ["features"], ["deeper"]),
+             helper.make_node("Conv", ["features", "w"], ["box"]), helper.make_node("Conv", ["features", "w"], ["score"]),
+             helper.make_node("Conv", ["deeper", "w"], ["box2"]),
+             *[helper.make_node("Reshape", [t, "shape"], [t + "_r"]) for t in ("box", "score", "box2")],
+             helper.make_node("Concat", ["box_r", "score_r"], ["near"], axis=1),
+             helper.make_node("Concat", ["near", "box2_r"], ["detections"], axis=1)]
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, None)], weights)
+    assert sorted(output_heads(graph)) == [["deeper", "detections"], ["features", "detections"]]

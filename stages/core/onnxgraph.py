@@ -114,22 +114,32 @@ def float_outputs(graph: Any) -> list[str]:
 
 
 RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
+GATHERS = RESHAPES | {"Concat", "Transpose"}  # ops that only move values: no arithmetic to keep in float
 
 
 def output_heads(graph: Any) -> list[list[str]]:
-    """For each graph output, the subgraph [first tensor, output] of the op that computes it (a
-    classifier's Gemm), with the reshapes in front of that op included: [[tensor, output], ...].
-    A vendor toolkit fuses such reshapes away, so their tensors may not exist in its graph."""
+    """The subgraphs [first tensor, output] that compute the graph's outputs: from each output back
+    through the ops that only move values (a detector's Transpose/Reshape/Concat gathering its heads) to
+    each op that computes (a classifier's Gemm, a detector's head convs), whose data input, with the
+    reshapes in front of it, starts a subgraph. A vendor toolkit fuses such reshapes away, so their
+    tensors may not exist in its graph."""
     producer = {out: node for node in graph.node for out in node.output}
-    heads = []
+    heads: list[list[str]] = []
     for output in graph.output:
-        node = producer.get(output.name)
-        if node is None or not node.input:
-            continue
-        tensor = node.input[0]
-        while tensor in producer and producer[tensor].op_type in RESHAPES:
-            tensor = producer[tensor].input[0]
-        heads.append([tensor, output.name])
+        stack, seen = [output.name], set()
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in seen or not node.input:
+                continue
+            seen.add(id(node))
+            if node.op_type in GATHERS:
+                stack.extend(node.input[:1] if node.op_type in RESHAPES else node.input)
+                continue
+            tensor = node.input[0]
+            while tensor in producer and producer[tensor].op_type in RESHAPES:
+                tensor = producer[tensor].input[0]
+            if [tensor, output.name] not in heads:
+                heads.append([tensor, output.name])
     return heads
 
 
