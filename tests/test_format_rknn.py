@@ -151,3 +151,23 @@ def test_a_detectors_heads_are_found_through_the_ops_that_gather_them(tmp_path):
     graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
                               [helper.make_tensor_value_info("detections", TensorProto.FLOAT, None)], weights)
     assert sorted(output_heads(graph)) == [["deeper", "detections"], ["features", "detections"]]
+
+
+@pytest.mark.skipif(not (rknn.RKNN_VENV / "bin" / "python").exists(),
+                    reason=".venv-rknn is missing: run `python3 -m stages.bootstrap setup` to create it")
+def test_a_float16_subgraph_the_toolkit_does_not_have_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """The toolkit fuses reshapes away: a subgraph that starts at one fails in hybrid step 1, and the
+    error says which subgraphs and how to build without them."""
+    import numpy as np
+
+    monkeypatch.delenv("RKNN_TOOLKIT2_PYTHON", raising=False)
+    layout = fake_layout(tmp_path)
+    classifier_onnx(layout.prepared_dir / "model.onnx")
+    (layout.prepared_dir / "dataset").mkdir()
+    np.save(layout.prepared_dir / "dataset" / "0.npy", np.zeros((1, 3, 16, 16), np.float32))
+    (layout.prepared_dir / "dataset.txt").write_text("dataset/0.npy\n")
+    config = json.loads((layout.prepared_dir / "rknn_config.json").read_text())
+    (layout.prepared_dir / "rknn_config.json").write_text(json.dumps({**config, "float_subgraphs": [["flat", "logits"]]}))
+    with pytest.raises(BuildError, match="hybrid_quantization_step1") as error:
+        rknn.run_worker(cfg_for("rknn"), layout, tmp_path / "model.rknn")
+    assert "quant.float_outputs=false" in error.value.hint and "['flat', 'logits']" in error.value.hint

@@ -156,8 +156,12 @@ def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> di
             raise BuildError(f"the RKNN worker exited {proc.returncode} without a result:\n{log}")
         result = json.loads(result_path.read_text())
     if not result.get("ok"):
-        raise BuildError(f"RKNN {job['platform']}: {result.get('error')}\n{log}",
-                         hint="check rknn_config.json in the prepared folder against the toolkit's documentation")
+        hint = "check rknn_config.json in the prepared folder against the toolkit's documentation"
+        if "hybrid_quantization" in str(result.get("error")) and job.get("float_subgraphs"):
+            hint = (f"the float16 subgraphs {job['float_subgraphs']} (quant.float_outputs, from "
+                    "stages.core.onnxgraph.output_heads) must start at tensors the toolkit's graph still has; "
+                    "set quant.float_outputs=false to build this model without them")
+        raise BuildError(f"RKNN {job['platform']}: {result.get('error')}\n{log}", hint=hint)
     return result
 
 
