@@ -21,11 +21,12 @@ def test_builds_name_existing_models_and_targets_with_the_right_artifact():
         assert build["model"] in builds["models"]
         cfg = load([f"model={build['model']}", f"target={build['target']}", f"quant={build['quant']}"])
         assert build["artifact"] == artifact_name(cfg.target.format)
-    for group in ("prepared", "missed"):
+    for group in ("prepared", "missed", "on_request"):
         for key, build in (builds.get(group) or {}).items():
             assert key == f"{build['model']}-{build['target']}-{build['quant']}"
             load([f"model={build['model']}", f"target={build['target']}", f"quant={build['quant']}"])
-    for key, build in (builds.get("missed") or {}).items():  # out of the default build, with what was measured
+    for key, build in {**(builds.get("missed") or {}), **(builds.get("on_request") or {})}.items():
+        # out of the default build, each with what was measured
         assert key not in builds["builds"] and key not in builds["chains"], key
         assert len(build.get("reason", "")) > 40 and any(c.isdigit() for c in build["reason"]), key
 
