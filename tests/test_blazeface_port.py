@@ -75,7 +75,8 @@ def make_input(case: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from stages.zoo.blazeface import blazeface
     torch.set_num_threads(2)
     return blazeface().load_tflite(tflite_model())
@@ -155,10 +156,11 @@ def test_load_tflite_refuses_another_graph(model):
 
 def test_onnx_export_is_plain_convs(model):
     """Export + onnxsim: static asymmetric Conv pads, channel Pads only, no shape arithmetic."""
+    import onnx
+    import onnxruntime as ort
+    import onnxsim
     import torch
-    onnx = pytest.importorskip("onnx")
-    onnxsim = pytest.importorskip("onnxsim")
-    ort = pytest.importorskip("onnxruntime")
+
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -188,7 +190,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def astronaut() -> np.ndarray:
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data
+
     return skimage_data.astronaut()
 
 
@@ -230,7 +233,8 @@ def test_astronaut_letterboxed_and_mirrored(model):
 
 
 def test_no_face_in_rocket(model):
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data
+
     boxes, scores = bf.BlazeFaceDetector(TorchSession(model)).detect(skimage_data.rocket())
     assert boxes.shape == (0, 4) and scores.shape == (0,)
 

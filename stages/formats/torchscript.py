@@ -274,8 +274,7 @@ def quantized_ops(script: "torch.jit.ScriptModule") -> dict[str, int]:
 
 def describe_qconfig(engine: str, recipe: Recipe) -> dict[str, Any]:
     """The global qconfig of ``qconfig_mapping``, as plain data for the manifest."""
-    per_channel = recipe.per_channel
-    qconfig = qconfig_mapping(engine, per_channel, recipe.moving_average).global_qconfig
+    qconfig = qconfig_mapping(engine, recipe.per_channel, recipe.moving_average).global_qconfig
 
     def observer(factory: Any) -> dict[str, Any]:
         obs = factory()
@@ -283,7 +282,7 @@ def describe_qconfig(engine: str, recipe: Recipe) -> dict[str, Any]:
                 "qscheme": str(obs.qscheme).removeprefix("torch."), "reduce_range": bool(obs.reduce_range),
                 "quant_min": int(obs.quant_min), "quant_max": int(obs.quant_max)}
 
-    return {"mapping": f"get_default_qconfig_mapping({engine!r}), per-{'channel' if per_channel else 'tensor'} weights",
+    return {"mapping": f"get_default_qconfig_mapping({engine!r}), per-{'channel' if recipe.per_channel else 'tensor'} weights",
             "activation": observer(qconfig.activation), "weight": observer(qconfig.weight)}
 
 
