@@ -82,7 +82,7 @@ def report_stage() -> dict[str, Any]:
     """The last stage: one page over every build. Its inputs are listed per build (DVC has no
     foreach for deps), so editing conf/builds.yaml means running this generator again."""
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
-    deps: list[str] = ["stages/report.py", "artifacts/arm64.json", *(["artifacts/faces.json"] if plan.get("detectors") else [])]
+    deps: list[str] = ["stages/report.py", "stages/readme.py", "artifacts/arm64.json", *(["artifacts/faces.json"] if plan.get("detectors") else [])]
     for model in plan["models"]:
         deps.append(rel(Layout(Path("artifacts"), model, "_").train_report))
     for group, files in (("builds", ("metrics", "rewrite_report", "quantize_report", "analysis_dir")),

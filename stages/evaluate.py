@@ -152,7 +152,6 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
     agree = task.compare(reference, candidate, ids, task_params)
     budget = cfg.model.budget
     quantities = budget_rule.measure(budget, task, reference, candidate, accepted, ids, task_params)
-    failures = budget_rule.failures(budget, quantities)
     drop = quantities["drop"]["value"] if "drop" in quantities else 0.0
     from stages.core.hostinfo import int8_arithmetic
 
@@ -174,9 +173,6 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         "fidelity": agree,
         "intervals": intervals(task, reference, candidate, accepted, ids, task_params, budget.metric),
         "budget": {**asdict(budget), "drop": drop, "quantities": quantities},
-        "passed": not failures,
-        "failures": failures,
-        "verdict_from": judged_by,
         "build_host": build_host,
         "latency_ms": {**latency, "threads": threads, "backend": gold.backend, "runs": cfg.target.benchmark.runs,
                        "note": gold.note, **conditions},
@@ -187,6 +183,15 @@ def evaluate(cfg: Config, layout: Layout) -> dict:
         "golden": golden_file(cfg, layout, inputs, judged, gold, judged_by),
         **({"analysis": gold.extra} if gold.extra else {}),
     }
+    device = None
+    if cfg.target.cpu:  # a Pi: the artifact on its board's emulated CPU, through the board's runtime install
+        from stages.arm64.board import device_true
+
+        with phase("artifact: device-true run (emulated board CPU)"):
+            device = device_true(cfg, layout, inputs, reference, candidate, accepted, ids, metrics["golden"]["atol"])
+        metrics["device_true"] = device
+    metrics.update(budget_rule.verdict(budget, quantities, judged_by, device))
+    failures = metrics["failures"]
     layout.analysis_dir.mkdir(parents=True, exist_ok=True)
     quantized = json.loads(layout.quantize_report.read_text())
     metrics["kept_float"] = quantized.get("kept_float", [])
@@ -241,14 +246,14 @@ STAGE = Stage(
     name="evaluate", scope="build",
     params=("model.module", "model.surgery", "model.input", "model.output", "model.gold", "model.task",
             "model.task_params",
-            "model.budget", "model.sanity", "model.validation", "model.calibration", "target.benchmark",
+            "model.budget", "model.board_inputs", "model.sanity", "model.validation", "model.calibration", "target.benchmark",
             "target.runtime"),
     needs=("convert", "reference"),
     deps=lambda L: [L.weights, L.reference, L.artifact, L.manifest, L.rewritten, L.quantized, L.quantize_report],
     outs=lambda L: [L.metrics, L.golden, L.analysis_dir],
     run=evaluate,
     doc="gold check + latency + budget",
-    code=("runtime", "stages/formats", "stages/quantizers", "stages/rewrites/modules.py", "stages/zoo"),
+    code=("runtime", "stages/arm64", "stages/formats", "stages/quantizers", "stages/rewrites/modules.py", "stages/zoo"),
     fanout="builds",
 )
 

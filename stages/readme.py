@@ -3,7 +3,8 @@
 ``python -m stages.readme`` rewrites every block of README.md between a marker line
 ``<!-- generated: NAME (python -m stages.readme) -->`` and ``<!-- end generated -->`` with the table
 NAME, made from ``artifacts/``: ``verdicts`` (one row per build: its gold set, n, distinct sources,
-each budgeted quantity with its 95 % interval against its bound, the validation split, the verdict)
+each budgeted quantity with its 95 % interval against its bound, the validation split, the verdict),
+``device`` (each Pi build's float, device-true, whole-set and build-host numbers side by side),
 ``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
 (conf/builds.yaml's builds that miss their budget: each one's verdict from its own metrics.json, where
 it was built on request, beside what was tried) and ``profile`` (the build profile's ten slowest stage
@@ -35,10 +36,11 @@ BOUNDS = (("drop", "max_drop", "top-1 drop, points", "≤", ".2f"),
           ("error", "max_error", "error vs float", "≤", ".2f"))
 
 
-def quantity_lines(metrics: dict) -> list[str]:
-    """Each bound the model's budget sets: 'name value [lo, hi] (bound)', from the build's metrics."""
+def quantity_lines(metrics: dict, quantities: Optional[dict] = None) -> list[str]:
+    """Each bound the model's budget sets: 'name value [lo, hi] (bound)', from the build's metrics (the whole
+    gold set's, or ``quantities`` measured elsewhere: on the emulated board, with this host's kernels)."""
     budget = metrics.get("budget") or {}
-    quantities = budget.get("quantities") or {}
+    quantities = budget.get("quantities") or {} if quantities is None else quantities
     lines = []
     for name, key, label, sign, spec in BOUNDS:
         bound, q = budget.get(key), quantities.get(name)
@@ -46,7 +48,8 @@ def quantity_lines(metrics: dict) -> list[str]:
             continue
         ci = q.get("ci95")
         interval = f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci and None not in ci else ""
-        n = f" n={q['n']}" if name in ("confident_agreement",) and q.get("n") is not None else ""
+        n = f" n={q['n']}" if (name == "confident_agreement" or quantities is not budget.get("quantities")) \
+            and q.get("n") is not None else ""
         lines.append(f"{label} {q['value']:{spec}}{interval}{n} ({sign} {bound:g})")
     return lines
 
@@ -101,6 +104,63 @@ def verdicts(root: Path) -> str:
                     verdict_rows(root))
 
 
+def host_text(metrics: dict) -> str:
+    """The build host's side of a build: its INT8 arithmetic, and its fused kernels' numbers where they are
+    not the execution that judged the build."""
+    host = metrics.get("build_host") or {}
+    isa = host.get("int8_arithmetic") or {}
+    where = f"{isa.get('cpu') or NA} ({'VNNI' if isa.get('vnni') else 'no VNNI'}), {host.get('backend') or NA}"
+    if not host.get("budget"):
+        return f"{where}: the judged run itself"
+    return f"{where}: " + ("; ".join(quantity_lines(metrics, host["budget"])) or NA)
+
+
+def device_rows(root: Path) -> list[list[str]]:
+    """One row per Pi build (a metrics.json with a device-true run): the default builds, in conf/builds.yaml's
+    order, or every build in the tree where no conf/ is beside it (the report of a copied artifacts folder)."""
+    from stages.report import build_keys
+
+    rows = []
+    keys = default_builds(root) if (root.parent / "conf" / "builds.yaml").exists() else build_keys(root)
+    for model, target, quant in keys:
+        metrics = read_json(Layout(root, model, target, quant).metrics)
+        device = (metrics or {}).get("device_true")
+        if not device:
+            continue
+        metric = (metrics.get("budget") or {}).get("metric")
+        float_text = f"{metric} {metrics['float'][metric]:.2f} %" if metric and metric in metrics.get("float", {}) \
+            else "no labels (fidelity set)"
+        if device.get("ran"):
+            reproduced = device.get("reference_agreement") or {}
+            board = (f"{device['cpu']}, {device['backend_version']}, n = {device['n']} of {device['of']:,}: "
+                     + "; ".join(quantity_lines(metrics, device["quantities"]))
+                     + f"; decisions as judged {reproduced.get('k')}/{reproduced.get('n')}"
+                     + ("" if device.get("mismatch") is None else f" (does not reproduce: {device['mismatch']})"))
+        else:
+            board = f"not run: {device.get('reason')}"
+        rows.append([f"{model} / {target} / {quant}", float_text, board,
+                     f"{metrics.get('n', NA):,} inputs: " + ("; ".join(quantity_lines(metrics)) or NA),
+                     host_text(metrics), metrics.get("verdict_from") or NA,
+                     "PASS" if metrics.get("passed") else "FAIL"])
+    return rows
+
+
+DEVICE_COLUMNS = ("build", "float (whole set)", "device-true: emulated board CPU [95 % CI]",
+                  "whole gold set, as judged [95 % CI]", "build host (its ISA): fused kernels [95 % CI]",
+                  "the verdict is taken from", "verdict")
+NO_DEVICE_ROWS = "No Pi build with a device-true run."
+DEVICE_LINE = ("Each Pi build ran on its board's emulated CPU through the board's runtime install (evaluate). Its numbers "
+               "decide when they resolve the budget; otherwise the whole gold set's execution decides, if the board "
+               "reproduced it. This build host's fused kernels never decide: they are shown with the host's ISA.")
+
+
+def device(root: Path) -> str:
+    """Each Pi build side by side: float, the device-true run on the emulated board CPU, the execution that
+    ran the whole gold set, and this build host's fused kernels (with its ISA); and what decided."""
+    rows = device_rows(root)
+    return md_table(DEVICE_COLUMNS, rows) if rows else NO_DEVICE_ROWS
+
+
 def latency(root: Path) -> str:
     rows = []
     for model, target, quant in default_builds(root):
@@ -150,8 +210,8 @@ def profile(root: Path) -> str:
             + md_table(("stage run", "wall s", "startup s", "work s", "phases (s)"), table))
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "latency": latency, "missed": missed,
-                                            "profile": profile}
+TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "device": device, "latency": latency,
+                                            "missed": missed, "profile": profile}
 
 
 def regenerate(text: str, root: Path) -> str:

@@ -215,7 +215,10 @@ def build_report(root: Path, board_dir: Optional[Path] = None) -> dict:
     training = [t for t in (training_entry(root, m) for m in _subdirs(root / "_build")) if t]
     notes = sorted({b["latency_note"] for b in builds if b["latency_ms"] is None and b["latency_note"]}
                    | ({UNRELIABLE} if any(b["latency_unreliable"] for b in builds) else set()))
+    from stages.readme import device_rows
+
     return {"builds": builds, "not_built": not_built, "training": training, "divergence": divergence,
+            "device": device_rows(root),
             "latency_notes": notes, "arm64": read_json(root / "arm64.json"), "faces": read_json(root / "faces.json"),
             **({"boards": board_results.read(board_dir)} if board_dir else {})}
 
@@ -645,6 +648,10 @@ def render_markdown(report: dict, images: dict[str, bytes]) -> str:
     if faces_rows(report.get("faces")):
         out += ["## Face detection, head pose and tracking", "", FACES_LINE, "",
                 md_table(FACES_COLUMNS, faces_rows(report.get("faces"))), ""]
+    from stages.readme import DEVICE_COLUMNS, DEVICE_LINE, NO_DEVICE_ROWS
+
+    out += ["## Device-true verdicts (Pi builds, on the board's emulated CPU)", "", DEVICE_LINE, "",
+            md_table(DEVICE_COLUMNS, report["device"]) if report.get("device") else NO_DEVICE_ROWS, ""]
     line, rows = arm64_lines(report.get("arm64"))
     out += ["## On arm64 (emulated Raspberry Pi CPUs)", "", line, ""] + ([md_table(ARM64_COLUMNS, rows), ""] if rows else [])
     if report.get("boards") is not None:
@@ -751,6 +758,10 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     if faces_rows(report.get("faces")):
         out += ["<h2>Face detection, head pose and tracking</h2>", f"<p>{esc(FACES_LINE)}</p>",
                 html_table(FACES_COLUMNS, faces_rows(report.get("faces")))]
+    from stages.readme import DEVICE_COLUMNS, DEVICE_LINE, NO_DEVICE_ROWS
+
+    out += ["<h2>Device-true verdicts (Pi builds, on the board's emulated CPU)</h2>", f"<p>{esc(DEVICE_LINE)}</p>",
+            html_table(DEVICE_COLUMNS, report["device"]) if report.get("device") else f"<p>{esc(NO_DEVICE_ROWS)}</p>"]
     line, rows = arm64_lines(report.get("arm64"))
     out += ["<h2>On arm64 (emulated Raspberry Pi CPUs)</h2>", f"<p>{esc(line)}</p>"]
     if rows:

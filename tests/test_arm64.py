@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stages.arm64 import rootfs, verify
+from stages.arm64 import board, rootfs, verify
 from stages.core.cli import load
 
 
@@ -53,9 +53,9 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
     for r in record["results"]:
         assert r["machine"] == "aarch64", r
         model = models[r["model"]]
-        # the declared, deterministic subset: the model's first board_inputs gold inputs, every one of them run
+        # the cross-check's declared, deterministic subset: board_inputs evenly spaced, at most CROSS_CHECK_INPUTS
         gold_n = json.loads((built / "artifacts" / r["model"] / r["target"] / r["quant"] / "metrics.json").read_text())["n"]
-        assert r["n"] == min(model.board_inputs, gold_n) >= verify.MIN_INPUTS, r
+        assert r["n"] == min(model.board_inputs, gold_n, verify.CROSS_CHECK_INPUTS) >= verify.MIN_INPUTS, r
         # a labelled set's decisions agree with the reference semantics; a fidelity set's outputs stay within
         # the golden tolerance (its near-ties may flip between CPUs): one rule, the stage's own
         assert verify.board_matches_reference(r, model.gold.labelled) is None and r["mismatch"] is None, r
@@ -69,6 +69,8 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
         # `runtime verify`, what a Pi user runs, passed on the emulated CPU against the build's golden outputs
         assert r["verify"]["passed"] and r["verify"]["exit_code"] == 0, r["verify"]
         assert r["verify"]["golden"]["n"] >= verify.MIN_INPUTS and r["verify"]["board"]["machine"] == "aarch64"
+        # the board runs the backend version the build verified with (onnxruntime and torch alike)
+        assert r["verify"]["backend_version"]["same"], r["verify"]["backend_version"]
         assert r["build_code_on_board"] == [], r  # `pip install ./runtime[onnx]`: no stages, hydra, dvc
         if r["artifact"] != "model.pt":  # a .pt runs qnnpack on x86 as on the board: that is its reference
             assert "reference semantics" in r["reference_x86"], r
@@ -173,8 +175,42 @@ def test_the_report_takes_board_results_from_the_emulated_pi(built, tmp_path):
 
 
 def test_the_board_subset_is_declared_deterministic_and_spread_over_the_gold_set():
-    assert verify.board_subset(1016, 16) == verify.board_subset(1016, 16)  # the same inputs every build
-    picked = verify.board_subset(1016, 16)
+    assert board.subset(1016, 16) == board.subset(1016, 16)  # the same inputs every build
+    picked = board.subset(1016, 16)
     assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 1015  # first to last, not the first 16
     assert all(b - a >= 60 for a, b in zip(picked, picked[1:]))  # MobileNetV2's 8 views of a source stay apart
-    assert verify.board_subset(40, 100) == list(range(40))  # a smaller gold set runs whole
+    assert board.subset(40, 100) == list(range(40))  # a smaller gold set runs whole
+
+
+@pytest.mark.pipeline
+def test_every_pi_builds_verdict_comes_from_its_device_true_run(built):
+    """metrics.json of each Pi build holds the device-true run on its board's emulated CPU (n, the budget's
+    quantities with intervals, the board's agreement with the judged run), and the verdict is the one
+    stages/core/budget.py's rule takes from it: never from this host's fused kernels (build_host)."""
+    import yaml
+
+    from stages.core import budget as budget_rule
+
+    reason = rootfs.why_not_here()
+    plan = yaml.safe_load((built / "conf/builds.yaml").read_text())
+    decided_alone = set()
+    for b in verify.pi_builds(plan):
+        metrics = json.loads((built / "artifacts" / b["model"] / b["target"] / b["quant"] / "metrics.json").read_text())
+        device, model = metrics["device_true"], load([f"model={b['model']}"]).model
+        if reason:
+            assert device == {"ran": False, "cpu": b["board_cpu"], "reason": reason}
+            assert "not checked on the board's CPU here" in metrics["verdict_from"]
+            continue
+        assert device["ran"] and device["cpu"] == b["board_cpu"], device
+        assert device["n"] == min(model.board_inputs, metrics["n"]) and device["of"] == metrics["n"], device
+        assert all(q["n"] > 0 for q in device["quantities"].values()), device
+        assert device["mismatch"] is None, device  # the board reproduced the judged run
+        assert "build_host" in metrics and "int8_arithmetic" in metrics["build_host"]
+        again = budget_rule.verdict(model.budget, metrics["budget"]["quantities"], metrics["verdict_from"].split(
+            " on the whole gold set")[0], device)
+        assert again["passed"] == metrics["passed"] and again["failures"] == metrics["failures"], b
+        if device["resolves_budget"]:
+            decided_alone.add(b["model"])
+            assert metrics["verdict_from"].startswith(f"device-true: the emulated {b['board_cpu']}"), metrics
+    if not reason:  # Fashion-MNIST (5,000 of 10,000) and MTCNN (every window) resolve their budgets on the board
+        assert {"fashion_cnn_npu", "fashion_ghostnetv2", "mtcnn_pnet"} <= decided_alone, decided_alone

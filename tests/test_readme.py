@@ -50,3 +50,29 @@ def test_the_profile_table_lists_the_slowest_stage_runs_and_the_total(tmp_path):
     assert table.startswith("2 stage runs, 6.0 min of stage wall time in all")
     rows = [line for line in table.splitlines() if line.startswith("| train") or line.startswith("| evaluate")]
     assert rows == ["| train m | 300.0 | 2.0 | 298.0 | latency 4.5 |", "| evaluate m/rpi4/q | 60.0 | 2.0 | 58.0 | latency 4.5 |"]
+
+
+def test_the_device_table_sets_float_the_board_the_whole_set_and_the_build_host_side_by_side(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/builds.yaml").write_text(yaml.safe_dump({"models": ["m"], "builds": {
+        "m-rpi4-q": {"model": "m", "target": "rpi4", "quant": "q"}, "m-rk-q": {"model": "m", "target": "rk", "quant": "q"}}}))
+    budget = {"metric": "top1", "max_drop": 0.5}
+    drop = {"value": 0.1, "ci95": [-0.1, 0.3], "n": 5000}
+    for target, device in (("rpi4", {"ran": True, "cpu": "cortex-a72", "backend_version": "onnxruntime 1.31.1", "n": 5000,
+                                     "of": 10000, "quantities": {"drop": drop}, "mismatch": None,
+                                     "reference_agreement": {"k": 4990, "n": 5000}}), ("rk", None)):
+        folder = tmp_path / "artifacts/m" / target / "q"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "passed": True, "n": 10000, "float": {"top1": 91.25}, "verdict_from": "device-true: the emulated cortex-a72",
+            "budget": {**budget, "quantities": {"drop": {**drop, "value": 0.2, "n": 10000}}},
+            "build_host": {"int8_arithmetic": {"cpu": "AMD EPYC", "vnni": False}, "backend": "onnxruntime:CPU",
+                           "budget": {"drop": {**drop, "value": 3.0, "n": 10000}}},
+            **({"device_true": device} if device else {})}))
+    rows = readme.device_rows(tmp_path / "artifacts")
+    assert len(rows) == 1  # only the Pi build has a device-true run
+    build, floats, board, whole, host, verdict_from, verdict = rows[0]
+    assert build == "m / rpi4 / q" and floats == "top1 91.25 %" and verdict == "PASS"
+    assert board.startswith("cortex-a72, onnxruntime 1.31.1, n = 5000 of 10,000: top-1 drop, points 0.10 [-0.10, 0.30] n=5000")
+    assert "decisions as judged 4990/5000" in board and whole.startswith("10,000 inputs: top-1 drop, points 0.20")
+    assert host.startswith("AMD EPYC (no VNNI), onnxruntime:CPU: top-1 drop, points 3.00") and verdict_from.startswith("device-true")

@@ -258,7 +258,7 @@ def test_arm64_section_shows_the_check_or_why_it_did_not_run(tree: Path) -> None
 
 
 def test_empty_tree_and_command_line(tmp_path: Path) -> None:
-    assert build_report(tmp_path) == {"builds": [], "not_built": [], "training": [], "divergence": [],
+    assert build_report(tmp_path) == {"builds": [], "not_built": [], "training": [], "divergence": [], "device": [],
                                       "latency_notes": [], "arm64": None, "faces": None}
     assert main(["--artifacts", str(tmp_path)]) == 0
     assert "No builds yet." in (tmp_path / "report.md").read_text()

@@ -33,7 +33,21 @@ MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv")
 PYTHON = ("3.11", "3.11.2")  # Debian 12's python3: what the wheelhouse is resolved for
 GLIBC = (2, 36)  # Debian 12's: the manylinux tags its pip accepts
-TORCH = "torch==2.9.1"  # the .pt backend: a CPU-only aarch64 wheel (FACTS.md); base deps come from pyproject
+
+
+def build_pin(package: str) -> str:
+    """The build's own pin of ``package`` (pyproject.toml's build extra): the board installs the version
+    that the build evaluated every artifact with, so it runs what was verified."""
+    meta = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    for dep in meta["project"]["optional-dependencies"]["build"]:
+        name, _, version = dep.split(";")[0].partition("==")
+        if name.strip() == package and version.strip():
+            return f"{package}=={version.strip()}"
+    raise BuildError(f"pyproject.toml's build extra pins no {package}==<version>",
+                     hint=f"pin {package} there: the emulated board installs the build's version")
+
+
+TORCH = build_pin("torch")  # the .pt backend, as the build evaluated it (an aarch64 CPU wheel on PyPI)
 QEMU = "/usr/bin/qemu-aarch64-static"
 VENV = "/opt/edgebuild/venv"
 WHEELS = "/opt/edgebuild/wheels"  # the wheelhouse, bind-mounted read-only while pip installs
@@ -264,6 +278,24 @@ def mounted(root: Path) -> Iterator[None]:
 
 def cpuinfo_file(root: Path, cpu: str) -> Path:
     return root / "opt/edgebuild" / f"cpuinfo-{cpu}"
+
+
+def run_isolated(root: Path, cmd: list[str], cpu: str, timeout: int = 900) -> str:
+    """``cmd`` in the arm64 userland on the emulated ``cpu``, with /proc (that CPU's cpuinfo over the
+    host's), /sys and /dev mounted in a private mount namespace: nothing is mounted outside it, so any
+    number of runs (and ``mounted``) may share one root filesystem. Needs no ``mounted(root)``."""
+    info = cpuinfo_file(root, cpu)
+    if not info.exists() or info.read_text() != fake_cpuinfo(cpu):
+        info.parent.mkdir(parents=True, exist_ok=True)
+        partial = info.with_name(f"{info.name}.{os.getpid()}")
+        partial.write_text(fake_cpuinfo(cpu))
+        partial.replace(info)
+    mounts = [["mount", "-t", "proc", "proc", str(root / "proc")], ["mount", "-t", "sysfs", "sysfs", str(root / "sys")],
+              ["mount", "--bind", "/dev", str(root / "dev")], ["mount", "--bind", str(info), str(root / "proc/cpuinfo")]]
+    env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
+           f"QEMU_CPU={cpu}"]
+    script = " && ".join([*map(shlex.join, mounts), "exec " + shlex.join(["chroot", str(root), *env, *cmd])])
+    return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout=timeout)
 
 
 def chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:

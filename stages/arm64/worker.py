@@ -5,6 +5,8 @@ runtime only (what `pip install ./runtime[onnx]` gave the board).
 
     python worker.py jobs.json    # [{"artifact": ..., "inputs": ....npy, "outputs": ....npy}, ...]
 
+A job with ``"verify": false`` (evaluate's device-true run, board.py) only runs its inputs.
+
 Each artifact runs all its inputs, in order: the model's declared board subset of its gold set.
 
 One process per emulated CPU: importing numpy, onnxruntime and torch under qemu takes seconds,
@@ -34,6 +36,11 @@ def run(job: dict) -> dict:
     emulated_ms = 1e3 * (time.perf_counter() - start) / len(results)
     np.save(job["outputs"], np.concatenate(results))
     package = "torch" if session.manifest.format == "torchscript" else "onnxruntime"
+    info = {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
+            "backend_version": f"{package} {metadata.version(package)}", "emulated_ms_per_input": emulated_ms,
+            "n": len(results)}
+    if not job.get("verify", True):  # evaluate's device-true run: the outputs only
+        return info
     # `python -m runtime verify FOLDER`, the command a Pi user types, through its own entry point: as many
     # golden inputs as this subset has (golden.npz holds at most 32), a few timed runs (emulated: not Pi timings).
     folder = Path(job["artifact"]).parent
@@ -45,12 +52,9 @@ def run(job: dict) -> dict:
             "passed": False, "exit_code": code, "failures": [f"verify exited {code} without a verify.json"]}
     except Exception as exc:  # noqa: BLE001 - reported, and the test fails on it
         checked = {"passed": False, "failures": [f"verify raised {type(exc).__name__}: {exc}"]}
-    return {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
-            "backend_version": f"{package} {metadata.version(package)}",
-            # what the board's install brought: the runtime, never the build's code or tools
-            "build_code_installed": sorted(m for m in ("stages", "hydra", "dvc", "omegaconf")
-                                           if importlib.util.find_spec(m) is not None),
-            "emulated_ms_per_input": emulated_ms, "n": len(results), "verify": checked}
+    # what the board's install brought: the runtime, never the build's code or tools
+    return {**info, "build_code_installed": sorted(m for m in ("stages", "hydra", "dvc", "omegaconf")
+                                                   if importlib.util.find_spec(m) is not None), "verify": checked}
 
 
 if __name__ == "__main__":

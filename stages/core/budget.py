@@ -17,7 +17,7 @@ a configuration error, named at compose time (``required_inputs``), never a PASS
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -126,6 +126,41 @@ def failures(budget: BudgetConfig, quantities: dict[str, dict], resolve: bool = 
                 missed.append(f"{quantity}: n = {q['n']} cannot resolve the bound {bound} (95 % interval half-width "
                               f"{half * (100 if quantity == 'drop' else 1):.3g} > {room * (100 if quantity == 'drop' else 1):.3g})")
     return missed
+
+
+def resolves(budget: BudgetConfig, quantities: dict[str, dict]) -> bool:
+    """Whether these quantities' intervals are narrow enough to decide every bound of the budget."""
+    return failures(budget, quantities, resolve=True) == failures(budget, quantities, resolve=False)
+
+
+def verdict(budget: BudgetConfig, judged: dict[str, dict], judged_by: str, device: Optional[dict]) -> dict:
+    """The build's verdict, taken from the strongest oracle it has: {"passed", "failures", "verdict_from"}.
+
+    ``judged`` are the quantities of the execution that ran the whole gold set (``judged_by``: a QDQ
+    graph's reference semantics, the RKNN simulator, qnnpack), never this host's fused kernels. ``device``
+    is the device-true run, on the board's emulated CPU (stages/arm64/board.py), for Pi targets:
+      - it ran and its subset resolves the budget: the device's numbers alone decide;
+      - it ran on a subset too small to resolve the budget: the whole set's execution decides, and only
+        if the board reproduced it (``device["mismatch"]`` is None); a board that did not fails the build;
+      - it could not run here (no emulation): the whole set's execution decides, and says so."""
+    if device is None:
+        missed = failures(budget, judged)
+        return {"passed": not missed, "failures": missed, "verdict_from": judged_by}
+    if not device.get("ran"):
+        missed = failures(budget, judged)
+        return {"passed": not missed, "failures": missed,
+                "verdict_from": f"{judged_by}; not checked on the board's CPU here: {device['reason']}"}
+    where = f"the emulated {device['cpu']} (n = {device['n']})"
+    if resolves(budget, device["quantities"]):
+        missed = failures(budget, device["quantities"])
+        return {"passed": not missed, "failures": [f"on {where}: {m}" for m in missed],
+                "verdict_from": f"device-true: {where}, {device['backend_version']}"}
+    missed = failures(budget, judged)
+    if device.get("mismatch"):
+        missed.append(f"{where} does not reproduce {judged_by}: {device['mismatch']}")
+    return {"passed": not missed, "failures": missed,
+            "verdict_from": f"{judged_by} on the whole gold set, reproduced by {where} (too few inputs to "
+                            "decide alone)"}
 
 
 def required_inputs(budget: BudgetConfig, labelled: bool) -> dict[str, int]:

@@ -266,8 +266,9 @@ class ModelConfig:
     surgery: Optional[SurgeryConfig] = None
     # what the model's users need of any artifact of it: the same on every target (no target may loosen it)
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig())
-    # the emulated board's share of the gold set (python -m stages.arm64): n inputs evenly spaced, a declared,
-    # deterministic subset (all of it when smaller), sized to what qemu runs in a build's time
+    # the emulated board's share of the gold set (evaluate's device-true run, on the target's `cpu`): n inputs
+    # evenly spaced, a declared, deterministic subset (all of it when smaller), sized to what qemu runs in a
+    # build's time. When it resolves the budget, it alone decides the verdict (stages/core/budget.py, verdict)
     board_inputs: int = rule(100, ge=1)
 
 
