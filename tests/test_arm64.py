@@ -15,6 +15,17 @@ def test_pi_targets_name_the_cpu_qemu_emulates():
         "rpi4": "cortex-a72", "rpi5": "cortex-a76", "rpi4_torch": "cortex-a72", "rk3566": None}
 
 
+def test_a_target_cpu_is_one_the_userland_describes():
+    from dataclasses import fields
+
+    from stages.core.config import TargetConfig
+
+    rule = next(f for f in fields(TargetConfig) if f.name == "cpu").metadata["rule"]
+    assert set(rule["choices"]) == set(rootfs.CPUINFO)
+    with pytest.raises(Exception, match="'target.cpu': is 'cortex-a53'; expected one of cortex-a72, cortex-a76"):
+        load(["target=rpi4", "target.cpu=cortex-a53"])
+
+
 def test_the_pi_builds_are_the_ones_whose_target_names_a_cpu():
     plan = {"builds": {"a": {"model": "mobilenet_v2", "target": "rpi4", "quant": "int8_static", "artifact": "model.onnx"},
                        "b": {"model": "mobilenet_v2", "target": "rk3566", "quant": "rknn_int8", "artifact": "model.rknn"}}}

@@ -127,3 +127,29 @@ def test_network_is_explicit_batch_on_tensorrt_8_and_default_on_10():
 
 def test_gpu_name_comes_from_the_cuda_runtime():
     assert gpu_name(FakeCudart()) == "Orin (nvgpu)"
+
+
+def _manifest(input_shape, output_name="logits", dtype="float32"):
+    from runtime.manifest import Manifest, TensorSpec
+
+    return Manifest(format="tensorrt", artifact="model.engine", sha256="0" * 64, model="m", target="jetson_orin",
+                    quant="q", task="classification", inputs=(TensorSpec("input", tuple(input_shape), dtype),),
+                    outputs=(TensorSpec(output_name, (1, 4), "float32"),))
+
+
+def test_an_engine_whose_io_is_not_the_manifests_fails_at_load_naming_both():
+    from pathlib import Path
+
+    from runtime.backends.tensorrt import check_io
+    from runtime.errors import RuntimeLoadError
+
+    engine = FakeEngine((-1, 3, 8, 8))
+    check_io(Path("m.engine"), _manifest((1, 3, 8, 8)), engine, FakeTrt())  # -1 in the engine matches any size
+    check_io(Path("m.engine"), _manifest(("batch", 3, 8, 8)), engine, FakeTrt())
+    with pytest.raises(RuntimeLoadError, match=r"input 'input' is float32\[-1, 3, 8, 8\] in the engine but "
+                                               r"input: float32\[1, 3, 16, 16\] in the manifest"):
+        check_io(Path("m.engine"), _manifest((1, 3, 16, 16)), engine, FakeTrt())
+    with pytest.raises(RuntimeLoadError, match=r"the engine's outputs are \['logits'\], the manifest declares \['scores'\]"):
+        check_io(Path("m.engine"), _manifest((1, 3, 8, 8), output_name="scores"), engine, FakeTrt())
+    with pytest.raises(RuntimeLoadError, match=r"input 'input' is float32\[-1, 3, 8, 8\] in the engine but input: uint8"):
+        check_io(Path("m.engine"), _manifest((1, 3, 8, 8), dtype="uint8"), engine, FakeTrt())

@@ -125,4 +125,24 @@ def open_engine(path: Path, manifest: Manifest, providers: list[str] | None = No
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise RuntimeLoadError(f"TensorRT could not deserialize {path}; rebuild it on this device")
+    check_io(path, manifest, engine, trt)
     return TensorRTBackend(engine, cudart, trt)
+
+
+def check_io(path: Path, manifest: Manifest, engine: Any, trt: Any) -> None:
+    """The engine's I/O tensors against the manifest's, before any GPU buffer is made: the same names, each
+    one's direction, dtype and rank, and every fixed size (a dynamic engine dimension, -1, matches any)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    for kind, specs, mode in (("input", manifest.inputs, trt.TensorIOMode.INPUT),
+                              ("output", manifest.outputs, trt.TensorIOMode.OUTPUT)):
+        found = [n for n in names if engine.get_tensor_mode(n) == mode]
+        if sorted(found) != sorted(s.name for s in specs):
+            raise RuntimeLoadError(f"{path}: the engine's {kind}s are {found}, the manifest declares "
+                                   f"{[s.name for s in specs]}; the manifest is from another build")
+        for spec in specs:
+            shape = tuple(int(d) for d in engine.get_tensor_shape(spec.name))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name)))
+            fixed = [(d, e) for d, e in zip(spec.shape, shape) if isinstance(d, int) and e != -1]
+            if str(dtype) != spec.dtype or len(shape) != len(spec.shape) or any(d != e for d, e in fixed):
+                raise RuntimeLoadError(f"{path}: {kind} {spec.name!r} is {dtype}{list(shape)} in the engine but "
+                                       f"{spec.describe()} in the manifest; the manifest is from another build")

@@ -345,7 +345,9 @@ class TargetConfig:
     board: str = MISSING
     description: str = ""
     arch: str = "aarch64"
-    cpu: Optional[str] = None  # the board's CPU as qemu names it (cortex-a72): `python -m stages.arm64` runs its artifacts there
+    # the board's CPU as qemu names it: evaluate's device-true run and `python -m stages.arm64` run its artifacts
+    # there (the CPUs the arm64 userland describes: stages/arm64/rootfs.py, CPUINFO)
+    cpu: Optional[str] = rule(None, choices=("cortex-a72", "cortex-a76"))
     format: str = MISSING  # a registered artifact format (stages/formats)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
