@@ -88,6 +88,9 @@ def test_every_pi_artifact_matches_x86_on_each_emulated_cpu(built):
             # the board runs the onnxruntime the build evaluated with
             assert r["backend_version_arm64"] == "onnxruntime " + next(iter(pinned)).split("==")[1], r
         assert r["top1_x86"] is None or abs(r["top1_arm64"] - r["top1_x86"]) <= 1.0, r
+    # every emulated run mounted /proc, /sys, /dev and the wheelhouse in a mount namespace of its own: none is
+    # left on the host (a killed run used to leave them, and every later run failed on "already mounted")
+    assert not [line for line in open("/proc/mounts") if str(rootfs.cache_dir()) in line]
     torch_rows = [r for r in record["results"] if r["artifact"] == "model.pt"]
     assert all(r["backend_arm64"] == "torchscript:qnnpack" for r in torch_rows)  # the Pi 4 tutorial's engine
     assert "not Raspberry Pi timings" in record["note"]

@@ -227,86 +227,45 @@ def ensure_venv(root: Path, wheelhouse: Path) -> tuple[str, bool]:
             shutil.copy(source, src / name)
     wheels = root / WHEELS.lstrip("/")
     wheels.mkdir(parents=True, exist_ok=True)
-    with mounted(root), _bind(wheelhouse, wheels, readonly=True):
-        if not (root / VENV.lstrip("/") / "bin/python").exists():
-            chroot(root, ["python3", "-m", "venv", VENV])
-        # The README's `pip install ./runtime[onnx]` (and torch), offline from the host-downloaded wheels. No .pyc
-        # for every file (under emulation, minutes for torch's tree): importing what the worker
-        # imports writes the .pyc it needs (and checks the install), once, here.
-        chroot(root, [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                      "--no-index", f"--find-links={WHEELS}", "--no-compile",
-                      f"/opt/edgebuild/src/runtime[{','.join(EXTRAS)}]", TORCH],
-               timeout=1800)
-        chroot(root, [f"{VENV}/bin/python", "-c", WARM_IMPORTS], timeout=900, cpu="cortex-a72")
+    if not (root / VENV.lstrip("/") / "bin/python").exists():
+        run_isolated(root, ["python3", "-m", "venv", VENV])
+    # The README's `pip install ./runtime[onnx]` (and torch), offline from the host-downloaded wheels. No .pyc
+    # for every file (under emulation, minutes for torch's tree): importing what the worker
+    # imports writes the .pyc it needs (and checks the install), once, here.
+    run_isolated(root, [f"{VENV}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                        "--no-index", f"--find-links={WHEELS}", "--no-compile",
+                        f"/opt/edgebuild/src/runtime[{','.join(EXTRAS)}]", TORCH],
+                 timeout=1800, binds=((wheelhouse, wheels),))
+    run_isolated(root, [f"{VENV}/bin/python", "-c", WARM_IMPORTS], timeout=900)
     stamp.write_text(digest + "\n")
     return VENV, False
-
-
-@contextlib.contextmanager
-def _bind(source: Path, target: Path, readonly: bool = False) -> Iterator[None]:
-    _run(["mount", "--bind", str(source), str(target)])
-    try:
-        if readonly:
-            _run(["mount", "-o", "remount,bind,ro", str(target)])
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
-@contextlib.contextmanager
-def mounted(root: Path) -> Iterator[None]:
-    """/proc (with an ARM cpuinfo over the host's), /dev and /sys inside ``root``, for one block.
-    ``chroot(..., cpu=...)`` mounts that CPU's own cpuinfo over it, in a mount namespace of its own."""
-    for cpu in CPUINFO:
-        cpuinfo_file(root, cpu).parent.mkdir(parents=True, exist_ok=True)
-        cpuinfo_file(root, cpu).write_text(fake_cpuinfo(cpu))
-    fake = cpuinfo_file(root, DEFAULT_CPU)
-    done: list[Path] = []
-    try:
-        for kind, target in (("proc", "proc"), ("sysfs", "sys")):
-            _run(["mount", "-t", kind, kind, str(root / target)])
-            done.append(root / target)
-        _run(["mount", "--bind", "/dev", str(root / "dev")])
-        done.append(root / "dev")
-        _run(["mount", "--bind", str(fake), str(root / "proc/cpuinfo")])
-        done.append(root / "proc/cpuinfo")
-        yield
-    finally:
-        for path in reversed(done):
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def cpuinfo_file(root: Path, cpu: str) -> Path:
     return root / "opt/edgebuild" / f"cpuinfo-{cpu}"
 
 
-def run_isolated(root: Path, cmd: list[str], cpu: str, timeout: int = 900) -> str:
-    """``cmd`` in the arm64 userland on the emulated ``cpu``, with /proc (that CPU's cpuinfo over the
-    host's), /sys and /dev mounted in a private mount namespace: nothing is mounted outside it, so any
-    number of runs (and ``mounted``) may share one root filesystem. Needs no ``mounted(root)``."""
+def run_isolated(root: Path, cmd: list[str], cpu: str = DEFAULT_CPU, timeout: int = 900,
+                 binds: tuple[tuple[Path, Path], ...] = ()) -> str:
+    """``cmd`` in the arm64 userland on the emulated ``cpu``, with a clean environment (no host PIP_*
+    settings). /proc (that CPU's cpuinfo over the host's x86 one), /sys, /dev and ``binds`` (host folder,
+    folder in ``root``: read-only) are mounted in a private mount namespace that ends with the command:
+    nothing is mounted on the host, so any number of runs may share one root filesystem, and a run that
+    is killed leaves no mount behind. Mounts a killed run of an older recipe left are shed inside."""
     info = cpuinfo_file(root, cpu)
     if not info.exists() or info.read_text() != fake_cpuinfo(cpu):
         info.parent.mkdir(parents=True, exist_ok=True)
         partial = info.with_name(f"{info.name}.{os.getpid()}")
         partial.write_text(fake_cpuinfo(cpu))
         partial.replace(info)
+    targets = [root / "proc/cpuinfo", root / "proc", root / "sys", root / "dev", *(t for _, t in binds)]
+    shed = [f"while umount -l {shlex.quote(str(t))} 2>/dev/null; do :; done" for t in targets]
     mounts = [["mount", "-t", "proc", "proc", str(root / "proc")], ["mount", "-t", "sysfs", "sysfs", str(root / "sys")],
               ["mount", "--bind", "/dev", str(root / "dev")], ["mount", "--bind", str(info), str(root / "proc/cpuinfo")]]
+    for source, target in binds:
+        mounts += [["mount", "--bind", str(source), str(target)], ["mount", "-o", "remount,bind,ro", str(target)]]
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
-           f"QEMU_CPU={cpu}"]
-    script = " && ".join([*map(shlex.join, mounts), "exec " + shlex.join(["chroot", str(root), *env, *cmd])])
+           "DEBIAN_FRONTEND=noninteractive", f"QEMU_CPU={cpu}"]
+    script = "; ".join(shed) + "; " + " && ".join([*map(shlex.join, mounts),
+                                                   "exec " + shlex.join(["chroot", str(root), *env, *cmd])])
     return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout=timeout)
-
-
-def chroot(root: Path, cmd: list[str], timeout: int = 900, cpu: Optional[str] = None) -> str:
-    """Run ``cmd`` in the arm64 userland with a clean environment (no host PIP_* settings). With ``cpu``,
-    qemu emulates that CPU and /proc/cpuinfo describes it: the bind mount is made in a private mount
-    namespace, so two CPUs can run side by side in one root filesystem. Needs ``mounted(root)``."""
-    env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
-           "DEBIAN_FRONTEND=noninteractive"]
-    if not cpu:
-        return _run(["chroot", str(root), *env, *cmd], timeout=timeout)
-    inner = shlex.join(["chroot", str(root), *env, f"QEMU_CPU={cpu}", *cmd])
-    bind = shlex.join(["mount", "--bind", str(cpuinfo_file(root, cpu)), str(root / "proc/cpuinfo")])
-    return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{bind} && exec {inner}"],
-                timeout=timeout)

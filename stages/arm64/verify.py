@@ -197,12 +197,12 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
     console.print(f"arm64: {len(prepared)} artifacts on {', '.join(cpus)}, in parallel (emulated)")
 
     def emulate(cpu: str) -> list[dict]:
-        out = rootfs.chroot(root, [f"{venv}/bin/python", f"{inside}/worker.py", f"{inside}/jobs-{cpu}.json"],
-                            timeout=1800, cpu=cpu)
+        out = rootfs.run_isolated(root, [f"{venv}/bin/python", f"{inside}/worker.py", f"{inside}/jobs-{cpu}.json"],
+                                  cpu=cpu, timeout=1800)
         return json.loads(out.strip().splitlines()[-1])
 
     run_started = time.monotonic()
-    with rootfs.mounted(root), ThreadPoolExecutor(len(cpus)) as pool:  # one emulator process per CPU
+    with ThreadPoolExecutor(len(cpus)) as pool:  # one emulator process per CPU, each in its own mount namespace
         emulated = [pool.submit(emulate, cpu) for cpu in cpus]
         refs = [x86_outputs(artifact, batch) for _, artifact, batch, _, _ in prepared]  # meanwhile, on x86
         infos = dict(zip(cpus, (f.result() for f in emulated)))
