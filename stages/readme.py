@@ -40,7 +40,8 @@ def quantity_lines(metrics: dict, quantities: Optional[dict] = None) -> list[str
     """Each bound the model's budget sets: 'name value [lo, hi] (bound)', from the build's metrics (the whole
     gold set's, or ``quantities`` measured elsewhere: on the emulated board, with this host's kernels)."""
     budget = metrics.get("budget") or {}
-    quantities = budget.get("quantities") or {} if quantities is None else quantities
+    elsewhere = quantities is not None  # not the whole set's: every quantity says its own n
+    quantities = quantities if elsewhere else budget.get("quantities") or {}
     lines = []
     for name, key, label, sign, spec in BOUNDS:
         bound, q = budget.get(key), quantities.get(name)
@@ -48,8 +49,7 @@ def quantity_lines(metrics: dict, quantities: Optional[dict] = None) -> list[str
             continue
         ci = q.get("ci95")
         interval = f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci and None not in ci else ""
-        n = f" n={q['n']}" if (name == "confident_agreement" or quantities is not budget.get("quantities")) \
-            and q.get("n") is not None else ""
+        n = f" n={q['n']}" if (name == "confident_agreement" or elsewhere) and q.get("n") is not None else ""
         lines.append(f"{label} {q['value']:{spec}}{interval}{n} ({sign} {bound:g})")
     return lines
 

@@ -241,6 +241,10 @@ def ensure_venv(root: Path, wheelhouse: Path) -> tuple[str, bool]:
     return VENV, False
 
 
+def qemu_version() -> str:
+    return subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
 def cpuinfo_file(root: Path, cpu: str) -> Path:
     return root / "opt/edgebuild" / f"cpuinfo-{cpu}"
 

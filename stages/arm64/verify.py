@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -175,7 +174,7 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
     cpus = sorted({b["board_cpu"] for b in builds})
     root, venv, timing = setup()
     setup_s = time.monotonic() - started
-    qemu = subprocess.run([rootfs.QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    qemu = rootfs.qemu_version()
     work = root / "opt/edgebuild/work"
     inside = "/opt/edgebuild/work"
     shutil.rmtree(work, ignore_errors=True)
