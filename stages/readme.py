@@ -8,7 +8,7 @@ each budgeted quantity with its 95 % interval against its bound, the validation 
 ``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
 (conf/builds.yaml's builds that miss their budget: each one's verdict from its own metrics.json, where
 it was built on request, beside what was tried) and ``profile`` (the build profile's ten slowest stage
-runs). ``--check`` only
+runs) and ``faces`` (the face apps, both detector families, from faces.json). ``--check`` only
 says whether the README is up to date with the artifacts (exit 1 if not).
 """
 from __future__ import annotations
@@ -210,8 +210,16 @@ def profile(root: Path) -> str:
             + md_table(("stage run", "wall s", "startup s", "work s", "phases (s)"), table))
 
 
+def faces(root: Path) -> str:
+    """The face apps side by side, one row per detector entry (artifacts/faces.json, stages/faces.py)."""
+    from stages.report import FACES_COLUMNS, faces_rows
+
+    rows = faces_rows(read_json(root / "faces.json"))
+    return md_table(FACES_COLUMNS, rows) if rows else "No faces.json under the artifacts folder: run `python -m stages.faces`."
+
+
 TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "device": device, "latency": latency,
-                                            "missed": missed, "profile": profile}
+                                            "missed": missed, "profile": profile, "faces": faces}
 
 
 def regenerate(text: str, root: Path) -> str:

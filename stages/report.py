@@ -273,8 +273,18 @@ BOARDS_LINE = ("Each row is a `python -m runtime verify` run on a board, against
                "recorded: the board, its backend and the version the build verified with, and latency measured there.")
 
 FACES_COLUMNS = ("detector", "lfw recall % float → artifact", "lfw false positives (of non-faces)",
-                 "photos: face found (float / artifact)", "photo IoU artifact vs float", "tracking fps (this CPU)",
-                 "detect ms/frame", "IDs stable", "fps with head pose")
+                 "photos: face found (float / artifact)", "photo IoU artifact vs float", "video (this CPU)",
+                 "tracking fps", "detect ms/frame", "IDs stable", "fps with head pose",
+                 "ms/frame with pose: decode / detect / track / pose / draw")
+
+
+def parts_text(tracking: dict, mode: dict) -> str:
+    """Where a frame's time goes: the video's decoding, then the app's parts (runtime.apps.track.PARTS)."""
+    parts = mode.get("mean_parts_ms") or {}
+    if not parts:
+        return NA
+    decode = tracking.get("decode_ms_per_frame")
+    return " / ".join([_num(decode, ".1f")] + [_num(parts.get(k), ".1f") for k in ("detect", "track", "pose", "draw")])
 
 
 def faces_rows(faces: Optional[dict]) -> list[list[str]]:
@@ -284,18 +294,22 @@ def faces_rows(faces: Optional[dict]) -> list[list[str]]:
         lf, la, photos, tr = d["lfw"]["float"], d["lfw"]["artifact"], d["photos"], d["tracking"]
         ious = [p["iou_artifact_vs_float"] for p in photos if p["iou_artifact_vs_float"] is not None]
         plain, pose = tr.get("detect+track") or {}, tr.get("detect+track+headpose") or {}
-        rows.append([d["detector"], f"{lf['recall']:.0f} → {la['recall']:.0f}",
+        size = tr.get("size")
+        rows.append([f"{d['detector']} ({d.get('family', 'mtcnn')})", f"{lf['recall']:.0f} → {la['recall']:.0f}",
                      f"{lf['false_positives']} / {la['false_positives']} (of {la['non_faces']})",
                      f"{sum(p['float_found'] for p in photos)} / {sum(p['artifact_found'] for p in photos)} of {len(photos)}",
-                     f"{min(ious):.2f}–{max(ious):.2f}" if ious else NA, _num(plain.get("fps"), ".1f"),
-                     _num(plain.get("mean_detect_ms"), ".1f"), "yes" if plain.get("stable") else "NO",
-                     _num(pose.get("fps"), ".1f")])
+                     f"{min(ious):.2f}–{max(ious):.2f}" if ious else NA,
+                     f"{size[0]}×{size[1]}, {tr.get('frames')} frames" if size else NA, _num(plain.get("fps"), ".1f"),
+                     _num(plain.get("mean_detect_ms"), ".1f"),
+                     "yes" if plain.get("stable") and (not pose or pose.get("stable")) else "NO",
+                     _num(pose.get("fps"), ".1f"), parts_text(tr, pose or plain)])
     return rows
 
 
-FACES_LINE = ("The MTCNN cascade (runtime/tasks/face_detection.py) on the float PyTorch nets and on the artifacts, "
-              "and the tracking app on a 60-frame 640x360 video of three real faces moving across a real photo. "
-              "Frames per second are this build machine's CPU, not a board's.")
+FACES_LINE = ("Each detector family (MTCNN's cascade, runtime/tasks/face_detection.py; BlazeFace, "
+              "runtime/tasks/blazeface.py) on the float PyTorch net(s) and on the artifact(s), and the tracking app "
+              "(runtime/apps/track.py) on a 60-frame video of three real faces moving across a real photo, with and "
+              "without head pose on every tracked face. Frames per second are this build machine's CPU, not a board's.")
 
 
 def _num(value: Optional[float], spec: str, suffix: str = "") -> str:

@@ -68,6 +68,21 @@ def test_gold_variants_are_the_mirrored_and_turned_crops():
     assert not np.array_equal(cw, crop) and not np.array_equal(cw, ccw)  # turned about the crop's centre, no crop shift
 
 
+def test_window_and_grey_recast_every_crop_as_another_sets_windows():
+    """blazeface_validation: faces from other sources made into lfw_subset's kind of window (25x25 grey),
+    variants included, so selection sees the gold set's kind of input without reading it."""
+    ds = DatasetConfig(name="t", items=[ImageItem(source="scikit-image", file="astronaut.png", box=[140, 20, 310, 190],
+                                                  label=1)], variants=[Variant.mirror, Variant.rotate_cw],
+                       window=[25, 25], grey=True)
+    samples = gold_images(ds)
+    assert len(samples) == 3
+    for _, image, accepted in samples:
+        pixels = np.asarray(image)
+        assert image.size == (25, 25) and accepted == {1}
+        assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+    assert np.array_equal(np.asarray(samples[1][1]), np.asarray(samples[0][1])[:, ::-1])
+
+
 def test_npy_gold_set_labels_runs_and_slices():
     ds = DatasetConfig(name="lfw", npy=NpyConfig(source="scikit-image", file="lfw_subset.npy",
                                                   runs=[LabelRun(1, 100), LabelRun(0, 100)], start=95, count=10))
@@ -103,10 +118,15 @@ def test_faces_stage_measured_recall_false_positives_and_stable_tracks(built):
     for side in ("float", "artifact"):
         assert d["lfw"][side]["recall"] >= 95.0 and d["lfw"][side]["false_positives"] <= 2, d["lfw"]
     assert all(p["float_found"] for p in d["photos"]) and sum(p["artifact_found"] for p in d["photos"]) >= 3
+    assert d["tracking"]["decode_ms_per_frame"] > 0 and len(d["tracking"]["face_heights_px"]) == 3
     for mode in ("detect+track", "detect+track+headpose"):
         t = d["tracking"][mode]
         assert t["stable"] and t["distinct_ids"] == 3 and t["fps"] > 0, t
         assert min(t["frames_covered"]) >= 55  # of 60 frames
+        # where a frame's time goes, part by part, adding up to the frame's time
+        assert set(t["mean_parts_ms"]) == {"detect", "track", "pose", "draw"}, t
+        assert sum(t["mean_parts_ms"].values()) == pytest.approx(t["mean_frame_ms"], rel=0.05)
+    assert d["tracking"]["detect+track"]["mean_parts_ms"]["pose"] < 0.1  # no head pose in that mode
 
 
 @pipeline

@@ -19,8 +19,8 @@ from stages.formats.onpu import plan_partition
 NPU_OPS = ["QuantizeLinear", "DequantizeLinear", "Conv", "Relu", "Clip", "Add"]
 
 
-def tiny_qdq_model(tmp_path: Path) -> Path:
-    """conv-relu-conv-GAP-flatten-gemm, quantized to QDQ by ONNX Runtime."""
+def tiny_qdq_model(tmp_path: Path, float_nodes: tuple[str, ...] = ()) -> Path:
+    """conv-relu-conv-GAP-flatten-gemm, quantized to QDQ by ONNX Runtime (``float_nodes`` kept in float)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     rng = np.random.default_rng(0)
@@ -45,7 +45,8 @@ def tiny_qdq_model(tmp_path: Path) -> Path:
         def get_next(self):
             return next(data, None)
 
-    quantize_static(str(float_path), str(q_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(str(float_path), str(q_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    nodes_to_exclude=list(float_nodes))
     return q_path
 
 
@@ -77,6 +78,22 @@ def test_partitions_chain_to_the_whole_graph_and_cut_on_8bit(tmp_path):
     cpu = ort.InferenceSession(members["cpu.onnx"])
     chained = cpu.run(None, {k: v for k, v in cut.items() if k in plan["cpu"]["inputs"]})[0]
     np.testing.assert_array_equal(chained, whole)
+
+
+def test_a_layer_kept_in_float_runs_on_the_cpu_with_everything_after_it(tmp_path):
+    """An INT8 NPU cannot run float compute: a conv the scheme kept in float starts the CPU part, even
+    before the head's first cpu_from op."""
+    import onnx
+
+    model = onnx.load(str(tiny_qdq_model(tmp_path, float_nodes=("conv2",))))
+    plan = plan_partition(model, ["GlobalAveragePool"])
+    assert "conv1" in plan["npu"]["nodes"]
+    assert {"conv2", "relu2", "gap", "fc"} <= set(plan["cpu"]["nodes"])
+    assert "Conv" in plan["cpu_ops"]
+    # the plain graph keeps both convs on the NPU
+    (tmp_path / "plain").mkdir()
+    plain = plan_partition(onnx.load(str(tiny_qdq_model(tmp_path / "plain"))), ["GlobalAveragePool"])
+    assert {"conv1", "conv2"} <= set(plain["npu"]["nodes"])
 
 
 def test_container_is_byte_reproducible(tmp_path):

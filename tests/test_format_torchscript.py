@@ -170,6 +170,47 @@ def test_the_mean_observer_averages_each_calls_extremes() -> None:
     assert observer.min_val.item() == pytest.approx(-4.0 / 3) and observer.max_val.item() == pytest.approx(5.0)
 
 
+def test_fold_relu6_fuses_each_conv_relu6_and_caps_its_range_at_six() -> None:
+    """quant.fold_relu6: every ReLU6 fed by a Conv(+BN) alone becomes the conv's fused ReLU, observed
+    after the clamp, so the quantized output saturates at 6 (ReLU6) with no range spent on negatives;
+    a ReLU6 whose conv output has another reader is left alone."""
+    from torch import nn
+
+    from stages.formats.torchscript import Recipe, patch_qnnpack_clamps, quantize_fx, relu6_after_conv
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.act = nn.ReLU6()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(self.block(x))
+            return self.act(y) + y  # the conv's output has a second reader: not folded
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.block[1].running_mean.uniform_(-1, 1)
+        net.block[0].weight.mul_(4.0)  # pre-activations well beyond 6 and below 0
+    assert relu6_after_conv(net) == [("block.0", "block.1", "block.2")]
+    calibration = np.random.default_rng(0).normal(size=(8, 3, 16, 16)).astype(np.float32)
+    plain, _ = quantize_fx(Net().eval(), calibration, "qnnpack", Recipe(moving_average=True))
+    net_copy = Net().eval()
+    net_copy.load_state_dict(net.state_dict())
+    folded, _ = quantize_fx(net_copy, calibration, "qnnpack", Recipe(moving_average=True, fold_relu6=True))
+    conv = folded.get_submodule("block.0")
+    assert type(conv).__name__ == "ConvReLU2d" and isinstance(net_copy.act, nn.ReLU6)
+    assert conv.zero_point == 0 and (255 - conv.zero_point) * conv.scale <= 6.0 + 1e-6  # [0, <= 6]
+    assert plain.get_submodule("block.0").zero_point > 0  # unfolded: the range spans the negatives too
+    assert patch_qnnpack_clamps(folded) == 1  # the unfolded ReLU6 still needs the qnnpack workaround
+    x = torch.from_numpy(calibration)
+    with torch.no_grad():
+        reference, candidate = net(x), folded(x)
+    assert torch.nn.functional.cosine_similarity(reference.flatten(), candidate.flatten(), dim=0) > 0.99
+
+
 def test_the_averaged_recipe_keeps_the_classifier_float(setup: SimpleNamespace) -> None:
     """quant=torch_int8_averaged: every conv INT8, the Linear that computes the logits in float, and
     the manifest says so; the build still agrees with float on real test images."""

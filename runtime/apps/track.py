@@ -283,12 +283,14 @@ def _loop(frames: Iterable[np.ndarray], detector: Detector, headpose: HeadPose |
         t1 = time.perf_counter()
         tracks = tracker.update(np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                                 np.asarray(scores, dtype=np.float32).reshape(-1))
+        t_track = time.perf_counter()
         poses: dict[int, tuple[float, float, float]] = {}
         if headpose is not None:
             for t in tracks:
                 pose = headpose.estimate(rgb, t.box)
                 if pose is not None:
                     poses[t.id] = pose
+        t_pose = time.perf_counter()
         if writer is not None:
             writer.write(draw(bgr.copy(), tracks, poses))
         t2 = time.perf_counter()
@@ -300,11 +302,17 @@ def _loop(frames: Iterable[np.ndarray], detector: Detector, headpose: HeadPose |
                 entry["pose"] = dict(zip(("yaw", "pitch", "roll"), (round(v, 2) for v in poses[t.id])))
             entries.append(entry)
         results.append({"frame": index, "detect_ms": round(1e3 * (t1 - t0), 3), "frame_ms": round(1e3 * (t2 - t0), 3),
+                        "parts_ms": {part: round(1e3 * dt, 3) for part, dt in
+                                     (("detect", t1 - t0), ("track", t_track - t1), ("pose", t_pose - t_track),
+                                      ("draw", t2 - t_pose))},
                         "tracks": entries})
         if log is not None and t2 - last_log >= log_every_s:
             last_log = t2
             log(f"frame {index + 1}: {(index + 1) / (t2 - start):.1f} fps, "
                 f"detect {np.mean([r['detect_ms'] for r in results[-50:]]):.1f} ms/frame")
+
+
+PARTS = ("detect", "track", "pose", "draw")
 
 
 def summarize(results: list[dict], wall_s: float | None = None, dropped: int = 0) -> dict:
@@ -318,6 +326,8 @@ def summarize(results: list[dict], wall_s: float | None = None, dropped: int = 0
         "fps": n / seconds if seconds > 0 else 0.0,
         "mean_detect_ms": float(np.mean([r["detect_ms"] for r in results])) if n else 0.0,
         "mean_frame_ms": 1e3 * busy_s / n if n else 0.0,
+        # where a frame's time goes: detection (colour conversion included), tracking, head pose, drawing
+        "mean_parts_ms": {part: float(np.mean([r["parts_ms"][part] for r in results])) for part in PARTS} if n else {},
         "distinct_ids": len({t["id"] for r in results for t in r["tracks"]}),
         "dropped_frames": dropped,
     }

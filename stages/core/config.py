@@ -145,6 +145,10 @@ class DatasetConfig:
     npy: Optional[NpyConfig] = None  # ... and/or one .npy array
     variants: List[Variant] = field(default_factory=list)  # each item is also scored under these
     variant_degrees: float = rule(15.0, gt=0.0, lt=180.0)
+    # labelled items (and their variants) recast as another set's windows: each crop resized to
+    # [width, height] (pixel-area averaging) and/or made grey, as skimage's lfw_subset is (25x25 grey)
+    window: Optional[List[int]] = rule(None, length=2, ge=1)
+    grey: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -395,6 +399,9 @@ class QuantConfig:
     # logit; vendor (RKNN) runs those ops in float16 through the toolkit's hybrid quantization
     float_outputs: bool = False
     tensorrt_qdq: bool = False  # QDQ pairs on weights and per consumer (explicit quantization for TensorRT)
+    # torchscript: a ReLU6 right after a Conv(+BN) runs as the conv's fused ReLU, its output range observed
+    # after the clamp at 6 (as ONNX Runtime's QDQ folds Clip(0, 6)), not before it
+    fold_relu6: bool = False
     # scheme vendor: the toolkit's own quantization algorithm (RKNN: quantized_algorithm); null keeps the target's
     vendor_algorithm: Optional[str] = rule(None, choices=("normal", "mmse", "kl_divergence"))
     repair: RepairConfig = field(default_factory=RepairConfig)

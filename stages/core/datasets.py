@@ -290,11 +290,16 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
     photo under each of them, with id ``<id>|<variant>``."""
     samples: list[tuple[str, Image.Image, set[int]]] = []
 
+    def recast(image: Image.Image) -> Image.Image:  # ``window`` and ``grey``: another set's kind of window
+        if dataset.window:
+            image = image.resize(tuple(dataset.window), Image.BOX)
+        return image.convert("L").convert("RGB") if dataset.grey else image
+
     def add(ident: str, photo: Image.Image, box: Sequence[int] | None, accepted: set[int]) -> None:
-        samples.append((ident, photo.crop(tuple(box)) if box else photo, accepted))
+        samples.append((ident, recast(photo.crop(tuple(box)) if box else photo), accepted))
         for variant in dataset.variants:
-            samples.append((f"{ident}|{variant.value}", variant_image(photo, box, variant.value,
-                                                                     dataset.variant_degrees), accepted))
+            samples.append((f"{ident}|{variant.value}", recast(variant_image(photo, box, variant.value,
+                                                                             dataset.variant_degrees)), accepted))
 
     if dataset.idx is not None:
         images, labels = idx_records(dataset)

@@ -23,6 +23,14 @@ PATHS = (
     (110, (520, 230), (240, 220)),
     (96, (540, 16), (540, 110)),
 )
+# the same three faces and motions in a 4:3 frame, laid out for 640x480: the faces are as tall relative
+# to the frame as in the 16:9 layout (a person at the same distance from the camera), 128-160 pixels
+PATHS_4_3 = (
+    (160, (10, 20), (260, 80)),
+    (147, (480, 310), (240, 300)),
+    (128, (510, 20), (510, 150)),
+)
+LAYOUTS = {(640, 360): PATHS, (640, 480): PATHS_4_3}
 
 
 def face_crops() -> list[np.ndarray]:
@@ -63,9 +71,10 @@ def make_face_video(path: str | Path, frames: int = 40, size: tuple[int, int] = 
     float32 [frames, faces, 4] boxes (x1, y1, x2, y2 pixels; x2/y2 exclusive) of each pasted face.
     Deterministic: same arguments, same pixels (up to the codec), same boxes."""
     w_out, h_out = size
-    sx, sy = w_out / 640.0, h_out / 360.0
+    base = (640, 480) if abs(w_out / h_out - 4 / 3) < 1e-3 else (640, 360)  # 4:3 frames: their own layout
+    sx, sy = w_out / base[0], h_out / base[1]
     paths = tuple((round(h * min(sx, sy)), (round(s[0] * sx), round(s[1] * sy)), (round(e[0] * sx), round(e[1] * sy)))
-                  for h, s, e in PATHS)
+                  for h, s, e in LAYOUTS[base])
     crops = []
     for crop, (height, _, _) in zip(face_crops(), paths):
         width = round(crop.shape[1] * height / crop.shape[0])

@@ -25,17 +25,34 @@ ONPU_VERSION = 1
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def float_compute(model: Any) -> list[Any]:
+    """The weighted nodes that compute in float: their weight is not the output of a DequantizeLinear (a
+    scheme kept them out of INT8, e.g. a detector's output heads, or the budget repair put them back).
+    An INT8 NPU cannot run them, so each starts the CPU part."""
+    dequantized = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    if not dequantized:  # not a quantized graph at all: the operator check judges it as it is
+        return []
+    return [n for n in model.graph.node
+            if n.op_type in WEIGHTED and len(n.input) > 1 and n.input[1] not in dequantized]
+
+
 def plan_partition(model: Any, cpu_from: list[str]) -> dict[str, Any]:
-    """Split nodes into an NPU backbone and a CPU head (what the NPU may run is the operator check's job)."""
+    """Split nodes into an NPU backbone and a CPU head (what the NPU may run is the operator check's job).
+    The head starts at the first node of a ``cpu_from`` op type and at every node computing in float
+    (``float_compute``), and takes everything downstream of them."""
     nodes = list(model.graph.node)
     consumers: dict[str, list[Any]] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     first_head = next((n for n in nodes if n.op_type in cpu_from), None)
+    starts = ([first_head] if first_head is not None else []) + float_compute(model)
     cpu: set[str] = set()
-    if first_head is not None:
-        frontier = [first_head]
+    if starts:
+        frontier = list(starts)
         while frontier:  # everything downstream of the head's first node
             node = frontier.pop()
             if node.name in cpu:

@@ -131,6 +131,65 @@ def output_modules(module: "torch.nn.Module") -> list[str]:
     return names
 
 
+def relu6_after_conv(module: "torch.nn.Module") -> list[tuple[str, ...]]:
+    """The (conv, [bn,] relu6) module names where an nn.ReLU6 takes a Conv2d's output, through at most
+    a BatchNorm2d, and nothing else reads the intermediate results: the patterns FX fuses into one
+    ConvReLU2d once the ReLU6 is a ReLU."""
+    import torch
+
+    graph = torch.fx.symbolic_trace(module).graph
+    kinds = {name: type(sub) for name, sub in module.named_modules()}
+
+    def is_module(node: Any, kind: type) -> bool:
+        return node.op == "call_module" and issubclass(kinds.get(str(node.target), type(None)), kind)
+
+    found = []
+    for node in graph.nodes:
+        if not is_module(node, torch.nn.ReLU6):
+            continue
+        chain, source = [node], node.args[0]
+        if is_module(source, torch.nn.BatchNorm2d) and len(source.users) == 1:
+            chain, source = [source, *chain], source.args[0]
+        if is_module(source, torch.nn.Conv2d) and len(source.users) == 1:
+            found.append(tuple(str(n.target) for n in [source, *chain]))
+    return found
+
+
+def capped_observer(base: type, high: float) -> type:
+    """``base``, observing and passing on its input clamped at ``high``: after a ReLU that stands for
+    a ReLU6, calibration computes ReLU6 exactly and the range ends at or below ``high``, so the
+    quantized output saturates there (ReLU6) after convert."""
+    import torch
+
+    class CappedObserver(base):  # type: ignore[misc, valid-type]
+        def forward(self, x_orig: "torch.Tensor") -> "torch.Tensor":
+            return super().forward(torch.clamp(x_orig, max=high))
+
+    return CappedObserver
+
+
+def fold_relu6(module: "torch.nn.Module", mapping: Any) -> list[str]:
+    """``quant.fold_relu6``: each ReLU6 right after a Conv(+BN) becomes a ReLU that FX fuses into the
+    conv, whose output observer is capped at 6. Without it, FX shares one observer between the conv's
+    output and the ReLU6's (the default backend config), so the range spans the conv's pre-activation
+    values, negatives included, and wastes part of the 8 bits (MobileNetV2 on qnnpack, validation
+    split: mean cosine 0.9876 -> 0.9915). Edits ``module`` and ``mapping``; returns the convs folded."""
+    import torch
+    from torch.ao.quantization import QConfig
+
+    qconfig = mapping.global_qconfig
+    capped = QConfig(activation=capped_observer(qconfig.activation.p.func, 6.0).with_args(**qconfig.activation.p.keywords),
+                     weight=qconfig.weight)
+    folded = []
+    for names in relu6_after_conv(module):
+        parent_name, _, child = names[-1].rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, child, torch.nn.ReLU())
+        for name in names:
+            mapping.set_module_name(name, capped)
+        folded.append(names[0])
+    return folded
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The quant config's levers that this format reads (the job carries them as plain data)."""
@@ -138,6 +197,7 @@ class Recipe:
     per_channel: bool = True  # quant.per_channel
     moving_average: bool = False  # quant.calibration.moving_average
     float_outputs: bool = False  # quant.float_outputs: the modules computing the outputs stay float
+    fold_relu6: bool = False  # quant.fold_relu6
 
     @property
     def batch(self) -> int:
@@ -156,6 +216,8 @@ def quantize_fx(module: "torch.nn.Module", calibration: np.ndarray, engine: str,
     torch.backends.quantized.engine = engine
     example = (torch.from_numpy(calibration[:1]),)
     mapping = qconfig_mapping(engine, recipe.per_channel, recipe.moving_average)
+    if recipe.fold_relu6:
+        fold_relu6(module, mapping)
     kept = output_modules(module.eval()) if recipe.float_outputs else []
     for name in kept:
         mapping.set_module_name(name, None)
@@ -331,7 +393,8 @@ def job_for(cfg, layout, out: Path, engine: str) -> dict[str, Any]:  # noqa: ANN
             "num_samples": int(cfg.quant.calibration.num_samples), "engine": engine, "output": str(out),
             "recipe": asdict(Recipe(per_channel=bool(cfg.quant.per_channel),
                                     moving_average=bool(cfg.quant.calibration.moving_average),
-                                    float_outputs=bool(cfg.quant.float_outputs)))}
+                                    float_outputs=bool(cfg.quant.float_outputs),
+                                    fold_relu6=bool(cfg.quant.fold_relu6)))}
 
 
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
