@@ -70,6 +70,35 @@ def test_rknn_board_backend_feeds_nhwc_uint8_as_nhwc(tmp_path, monkeypatch):
     assert calls[-1] == ("inference", [(1, 8, 8, 3)], [np.dtype(np.uint8)], "nhwc")
 
 
+@pytest.mark.parametrize("returned, complaint", [
+    ([np.zeros((1, 5), np.float32)], r"output 'logits' has 5 values .*declares logits: float32\[1, 4\]"),
+    ([np.zeros((1, 4), np.float32)] * 2, r"returned 2 output\(s\); its manifest declares 1"),
+])
+def test_rknn_board_outputs_are_checked_against_the_manifest_when_they_first_come_back(tmp_path, monkeypatch,
+                                                                                      returned, complaint):
+    """rknn-toolkit-lite2 has no I/O query: the first inference's outputs are the check (count, and the
+    element count of each fixed-shape output; an NPU may return another layout of the same tensor)."""
+    from runtime.errors import RuntimeLoadError
+
+    class FakeRKNNLite:
+        def load_rknn(self, path):
+            return 0
+
+        def init_runtime(self):
+            return 0
+
+        def inference(self, inputs, data_format):
+            return returned
+
+    api = types.ModuleType("rknnlite.api")
+    api.RKNNLite = FakeRKNNLite
+    monkeypatch.setitem(sys.modules, "rknnlite", types.ModuleType("rknnlite"))
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+    session = load(rknn_artifact(tmp_path))
+    with pytest.raises(RuntimeLoadError, match=complaint):
+        session.run(np.zeros((1, 8, 8, 3), np.uint8))
+
+
 def test_rknn_on_a_pc_says_where_it_runs_and_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "rknnlite", None)  # not importable, as on any PC
     with pytest.raises(BackendUnavailable, match=r"runs on that board's NPU.*pip install rknn-toolkit-lite2==2\.5\.0"):

@@ -22,10 +22,28 @@ def data_format(spec: TensorSpec) -> str:
     return "nhwc" if (spec.layout or "NCHW").upper() == "NHWC" else "nchw"
 
 
+def check_outputs(outputs: list[np.ndarray], specs: tuple[TensorSpec, ...], path: object) -> None:
+    """rknn-toolkit-lite2 has no I/O query, so a model's outputs are checked against the manifest when
+    they first come back: their count, and each one's element count where the manifest fixes it (the
+    NPU may hand back another layout of the same tensor, so the shape itself is not compared)."""
+    if len(outputs) != len(specs):
+        raise RuntimeLoadError(f"{path} returned {len(outputs)} output(s); its manifest declares {len(specs)}: "
+                               f"{[s.describe() for s in specs]}: rebuild the artifact and its manifest together")
+    for out, spec in zip(outputs, specs):
+        dims = [d for d in spec.shape if isinstance(d, int) and d > 0]
+        if len(dims) == len(spec.shape) and int(np.prod(dims)) != int(np.asarray(out).size):
+            raise RuntimeLoadError(f"{path}: output {spec.name!r} has {np.asarray(out).size} values "
+                                   f"(shape {list(np.shape(out))}); its manifest declares {spec.describe()}: "
+                                   "rebuild the artifact and its manifest together")
+
+
 class RknnLiteBackend:
-    def __init__(self, rknn: object, platform: str, manifest: Manifest) -> None:
+    def __init__(self, rknn: object, platform: str, manifest: Manifest, path: object = "the .rknn model") -> None:
         self._rknn = rknn
         self._inputs = manifest.inputs
+        self._outputs = manifest.outputs
+        self._path = path
+        self._checked = False
         self.name = f"rknnlite:{platform}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -36,6 +54,9 @@ class RknnLiteBackend:
                                        data_format=formats.pop())
         if outputs is None:
             raise RuntimeLoadError("rknnlite inference returned None; see the RKNN log above")
+        if not self._checked:
+            check_outputs(outputs, self._outputs, self._path)
+            self._checked = True
         return outputs
 
 
@@ -52,4 +73,4 @@ def open_rknn(path: Path, manifest: Manifest, providers: list[str] | None = None
     rknn = RKNNLite()
     if rknn.load_rknn(str(path)) != 0 or rknn.init_runtime() != 0:
         raise RuntimeLoadError(f"rknnlite could not load or start {path} (see the RKNN log above)")
-    return RknnLiteBackend(rknn, platform, manifest)
+    return RknnLiteBackend(rknn, platform, manifest, path)
