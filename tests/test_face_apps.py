@@ -83,19 +83,6 @@ def test_window_and_grey_recast_every_crop_as_another_sets_windows():
     assert np.array_equal(np.asarray(samples[1][1]), np.asarray(samples[0][1])[:, ::-1])
 
 
-def test_an_item_can_be_recast_alone_in_a_set_of_whole_photos():
-    """blazeface_calibration mixes whole photos with windows of the gold set's kind: ``window`` and
-    ``grey`` on one item recast that item only."""
-    from stages.core.datasets import sources
-
-    ds = DatasetConfig(name="t", labelled=False, items=[
-        ImageItem(source="scikit-image", file="astronaut.png"),
-        ImageItem(source="scikit-image", file="astronaut.png", box=[140, 20, 310, 190], window=[25, 25], grey=True)])
-    (_, photo), (_, window) = sources(ds)
-    assert photo.size == (512, 512) and np.asarray(photo).std(axis=2).max() > 0  # untouched, in colour
-    assert window.size == (25, 25) and np.asarray(window).std(axis=2).max() == 0  # 25x25 grey
-
-
 def test_npy_gold_set_labels_runs_and_slices():
     ds = DatasetConfig(name="lfw", npy=NpyConfig(source="scikit-image", file="lfw_subset.npy",
                                                   runs=[LabelRun(1, 100), LabelRun(0, 100)], start=95, count=10))

@@ -46,6 +46,13 @@ def test_a_small_device_subset_validates_the_whole_set_execution_and_fails_when_
     v = budget_rule.verdict(BUDGET, whole, "reference semantics of the QDQ graph",
                             device(16, 0, mismatch="decisions agree on 0.900 of 16 inputs (< 0.98)"))
     assert not v["passed"] and "does not reproduce reference semantics of the QDQ graph" in v["failures"][0]
+    assert "NOT reproduced by the emulated cortex-a72 (n = 16)" in v["verdict_from"]
+    assert "too few inputs to decide alone" in budget_rule.verdict(
+        BUDGET, whole, "reference semantics", {**small, "of": 10000})["verdict_from"]
+    # the board ran the whole set, but what it measured does not resolve the budget: not "too few inputs"
+    wide = {**device(1200, 0), "of": 1200, "quantities": quantities(1200, 40)}
+    assert "its intervals too wide to decide alone" in budget_rule.verdict(BUDGET, whole, "reference semantics",
+                                                                           wide)["verdict_from"]
 
 
 def test_without_emulation_the_verdict_says_it_was_not_checked_on_the_board():

@@ -156,11 +156,14 @@ def verdict(budget: BudgetConfig, judged: dict[str, dict], judged_by: str, devic
         return {"passed": not missed, "failures": [f"on {where}: {m}" for m in missed],
                 "verdict_from": f"device-true: {where}, {device['backend_version']}"}
     missed = failures(budget, judged)
+    alone = "too few inputs to decide alone" if device["n"] < device.get("of", device["n"]) else \
+        "its intervals too wide to decide alone"
     if device.get("mismatch"):
         missed.append(f"{where} does not reproduce {judged_by}: {device['mismatch']}")
+        return {"passed": False, "failures": missed,
+                "verdict_from": f"{judged_by} on the whole gold set, NOT reproduced by {where} ({alone})"}
     return {"passed": not missed, "failures": missed,
-            "verdict_from": f"{judged_by} on the whole gold set, reproduced by {where} (too few inputs to "
-                            "decide alone)"}
+            "verdict_from": f"{judged_by} on the whole gold set, reproduced by {where} ({alone})"}
 
 
 def required_inputs(budget: BudgetConfig, labelled: bool) -> dict[str, int]:

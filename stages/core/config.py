@@ -69,9 +69,6 @@ class ImageItem:
     why: str = ""  # what a person saw in the photo that justifies the label
     box: Optional[List[int]] = None  # crop (x0, y0, x1, y1) in pixels: e.g. one face of a photo
     frame: Optional[int] = rule(None, ge=0)  # `file` is a video: this item is its frame (0-based)
-    # this item recast as another set's kind of window (the dataset's `window` and `grey`, for one item)
-    window: Optional[List[int]] = rule(None, length=2, ge=1)
-    grey: Optional[bool] = None
 
 
 @dataclass

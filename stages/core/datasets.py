@@ -208,19 +208,9 @@ def views(image: Image.Image, aug: AugmentConfig, rng: np.random.Generator) -> l
     return out
 
 
-def recast(image: Image.Image, dataset: DatasetConfig, item: ImageItem | None = None) -> Image.Image:
-    """A crop recast as another set's kind of window: resized to ``window`` (pixel-area averaging) and/or
-    made ``grey``, as the item says, else as its dataset says (lfw_subset's windows are 25x25 grey)."""
-    window = item.window if item is not None and item.window else dataset.window
-    grey = item.grey if item is not None and item.grey is not None else dataset.grey
-    if window:
-        image = image.resize(tuple(window), Image.BOX)
-    return image.convert("L").convert("RGB") if grey else image
-
-
 def sources(dataset: DatasetConfig) -> list[tuple[str, Image.Image]]:
     """(id, image) of an unlabelled set's photos and video frames: its distinct real sources."""
-    found = [(item_id(item), recast(photo.crop(tuple(item.box)) if item.box else photo, dataset, item))
+    found = [(item_id(item), photo.crop(tuple(item.box)) if item.box else photo)
              for item, photo in zip(dataset.items, item_photos(dataset.items))]
     for video in dataset.videos:
         found += video_frames(video)
@@ -300,12 +290,16 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
     photo under each of them, with id ``<id>|<variant>``."""
     samples: list[tuple[str, Image.Image, set[int]]] = []
 
-    def add(ident: str, photo: Image.Image, box: Sequence[int] | None, accepted: set[int],
-            item: ImageItem | None = None) -> None:
-        samples.append((ident, recast(photo.crop(tuple(box)) if box else photo, dataset, item), accepted))
+    def recast(image: Image.Image) -> Image.Image:  # ``window`` and ``grey``: another set's kind of window
+        if dataset.window:
+            image = image.resize(tuple(dataset.window), Image.BOX)
+        return image.convert("L").convert("RGB") if dataset.grey else image
+
+    def add(ident: str, photo: Image.Image, box: Sequence[int] | None, accepted: set[int]) -> None:
+        samples.append((ident, recast(photo.crop(tuple(box)) if box else photo), accepted))
         for variant in dataset.variants:
-            view = variant_image(photo, box, variant.value, dataset.variant_degrees)
-            samples.append((f"{ident}|{variant.value}", recast(view, dataset, item), accepted))
+            samples.append((f"{ident}|{variant.value}", recast(variant_image(photo, box, variant.value,
+                                                                             dataset.variant_degrees)), accepted))
 
     if dataset.idx is not None:
         images, labels = idx_records(dataset)
@@ -332,7 +326,7 @@ def gold_images(dataset: DatasetConfig) -> list[tuple[str, Image.Image, set[int]
             raise BuildError(f"gold set {dataset.name!r} item {item_id(item)!r} has no label",
                              hint="give every gold item a `label` (class index), or set `labelled: false`")
     for item, photo in zip(dataset.items, item_photos(dataset.items)):
-        add(item_id(item), photo, item.box, {item.label, *item.accept}, item)
+        add(item_id(item), photo, item.box, {item.label, *item.accept})
     return samples
 
 
