@@ -287,6 +287,12 @@ def parts_text(tracking: dict, mode: dict) -> str:
     return " / ".join([_num(decode, ".1f")] + [_num(parts.get(k), ".1f") for k in ("detect", "track", "pose", "draw")])
 
 
+def fps_text(mode: dict) -> str:
+    """Frames per second, in parentheses when other processes shared the CPU meanwhile (unreliable)."""
+    fps = _num(mode.get("fps"), ".1f")
+    return f"({fps})" if mode and mode.get("fps_reliable") is False else fps
+
+
 def faces_rows(faces: Optional[dict]) -> list[list[str]]:
     """The face apps: one row per detector entry (stages/faces.py)."""
     rows = []
@@ -299,17 +305,19 @@ def faces_rows(faces: Optional[dict]) -> list[list[str]]:
                      f"{lf['false_positives']} / {la['false_positives']} (of {la['non_faces']})",
                      f"{sum(p['float_found'] for p in photos)} / {sum(p['artifact_found'] for p in photos)} of {len(photos)}",
                      f"{min(ious):.2f}–{max(ious):.2f}" if ious else NA,
-                     f"{size[0]}×{size[1]}, {tr.get('frames')} frames" if size else NA, _num(plain.get("fps"), ".1f"),
+                     f"{size[0]}×{size[1]}, {tr.get('frames')} frames" if size else NA, fps_text(plain),
                      _num(plain.get("mean_detect_ms"), ".1f"),
                      "yes" if plain.get("stable") and (not pose or pose.get("stable")) else "NO",
-                     _num(pose.get("fps"), ".1f"), parts_text(tr, pose or plain)])
+                     fps_text(pose), parts_text(tr, pose or plain)])
     return rows
 
 
 FACES_LINE = ("Each detector family (MTCNN's cascade, runtime/tasks/face_detection.py; BlazeFace, "
               "runtime/tasks/blazeface.py) on the float PyTorch net(s) and on the artifact(s), and the tracking app "
               "(runtime/apps/track.py) on a 60-frame video of three real faces moving across a real photo, with and "
-              "without head pose on every tracked face. Frames per second are this build machine's CPU, not a board's.")
+              "without head pose on every tracked face. Frames per second are this build machine's CPU, not a board's; in "
+              f"parentheses where other processes used more than {100 * MAX_OTHER_CPU:.0f} % of the machine meanwhile (the build runs the "
+              "arm64 check beside it), so not a figure to quote.")
 
 
 def _num(value: Optional[float], spec: str, suffix: str = "") -> str:

@@ -337,3 +337,11 @@ def test_board_results_are_merged_beside_the_build(tree: Path, tmp_path: Path) -
     assert "## On real boards" in md and "| mobilenet_v2/rpi4/int8_static | aarch64, CPU part: 0xd0b |" in md
     assert "onnxruntime 1.31.1 (1.31.1)" in md and "21.00 / 22.50 / 30.10 | PASS |" in md
     assert main(["--artifacts", str(tree), "--board-results", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_face_apps_fps_taken_under_contention_is_parenthesized() -> None:
+    from stages.report import fps_text
+
+    assert fps_text({"fps": 31.25, "fps_reliable": True}) == "31.2"
+    assert fps_text({"fps": 5.4, "fps_reliable": False}) == "(5.4)"
+    assert fps_text({"fps": 9.6}) == "9.6"  # recorded before the check existed: shown as it was

@@ -25,6 +25,27 @@ def _machine_busy_s() -> Optional[float]:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+class MachineShare:
+    """The share of the machine's CPU that other processes (and the hypervisor's steal) used while a
+    block ran, by the rule ``paired_timing`` applies: ``with MachineShare() as share: ...``, then
+    ``share.other`` (None where /proc/stat is missing) and ``share.why`` (empty when it is within
+    MAX_OTHER_CPU)."""
+
+    def __enter__(self) -> "MachineShare":
+        self._start = (_machine_busy_s(), time.process_time(), time.monotonic())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        (busy0, own0, wall0), (busy1, own1, wall1) = self._start, (_machine_busy_s(), time.process_time(),
+                                                                    time.monotonic())
+        self.other: Optional[float] = None
+        if busy0 is not None and busy1 is not None and wall1 > wall0:
+            self.other = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1))
+        self.why = ([f"other processes used {100 * self.other:.0f} % of the machine meanwhile "
+                     f"(limit {100 * MAX_OTHER_CPU:.0f} %)"] if self.other is not None and self.other > MAX_OTHER_CPU
+                    else [])
+
+
 def paired_timing(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rounds: int = 5) -> dict[str, Any]:
     """Median ms per call of each candidate, measured in alternating blocks within one run, with the
     conditions it was measured under: each candidate's spread over the rounds, the share of the
@@ -36,7 +57,25 @@ def paired_timing(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rou
     """
     times: dict[str, list[list[float]]] = {name: [] for name in fns}
     per_round = max(1, runs // rounds)
-    busy0, own0, wall0 = _machine_busy_s(), time.process_time(), time.monotonic()
+    with MachineShare() as share:
+        _rounds(fns, times, warmup, rounds, per_round)
+    ms = {name: 1e3 * float(np.median(np.concatenate(blocks))) for name, blocks in times.items()}
+    # run-to-run spread: the interquartile range of the rounds' medians, relative to the median (one odd
+    # round, such as a neighbour's burst, moves it little; a drift over the run moves it)
+    spread = {name: float(np.subtract(*np.percentile([np.median(b) for b in blocks], [75, 25]))
+                          / np.median(np.concatenate(blocks))) for name, blocks in times.items()}
+    other = share.other
+    why = [f"{name}'s rounds spread by {100 * s:.0f} % (interquartile range; limit {100 * MAX_SPREAD:.0f} %)"
+           for name, s in spread.items() if s > MAX_SPREAD] + share.why
+    return {"ms": ms, "spread": {k: round(v, 4) for k, v in spread.items()},
+            "other_cpu_share": round(other, 4) if other is not None else None, "cpus": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "reliable": not why, "unreliable_because": why}
+
+
+def _rounds(fns: dict[str, Callable[[], Any]], times: dict[str, list[list[float]]], warmup: int, rounds: int,
+            per_round: int) -> None:
+    """paired_timing's alternating blocks: each round, each candidate warmed up, then timed per call."""
     for _ in range(rounds):
         for name, fn in fns.items():
             for _ in range(max(1, warmup // rounds)):
@@ -47,23 +86,6 @@ def paired_timing(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rou
                 fn()
                 block.append(time.perf_counter() - start)
             times[name].append(block)
-    busy1, own1, wall1 = _machine_busy_s(), time.process_time(), time.monotonic()
-    ms = {name: 1e3 * float(np.median(np.concatenate(blocks))) for name, blocks in times.items()}
-    # run-to-run spread: the interquartile range of the rounds' medians, relative to the median (one odd
-    # round, such as a neighbour's burst, moves it little; a drift over the run moves it)
-    spread = {name: float(np.subtract(*np.percentile([np.median(b) for b in blocks], [75, 25]))
-                          / np.median(np.concatenate(blocks))) for name, blocks in times.items()}
-    other = None
-    if busy0 is not None and busy1 is not None and wall1 > wall0:
-        other = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1))
-    why = [f"{name}'s rounds spread by {100 * s:.0f} % (interquartile range; limit {100 * MAX_SPREAD:.0f} %)"
-           for name, s in spread.items() if s > MAX_SPREAD]
-    if other is not None and other > MAX_OTHER_CPU:
-        why.append(f"other processes used {100 * other:.0f} % of the machine meanwhile (limit {100 * MAX_OTHER_CPU:.0f} %)")
-    return {"ms": ms, "spread": {k: round(v, 4) for k, v in spread.items()},
-            "other_cpu_share": round(other, 4) if other is not None else None, "cpus": os.cpu_count(),
-            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "reliable": not why, "unreliable_because": why}
 
 
 def paired_latency(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
