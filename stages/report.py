@@ -283,8 +283,7 @@ def parts_text(tracking: dict, mode: dict) -> str:
     parts = mode.get("mean_parts_ms") or {}
     if not parts:
         return NA
-    decode = tracking.get("decode_ms_per_frame")
-    return " / ".join([_num(decode, ".1f")] + [_num(parts.get(k), ".1f") for k in ("detect", "track", "pose", "draw")])
+    return " / ".join(_num(ms, ".1f") for ms in [tracking.get("decode_ms_per_frame"), *parts.values()])
 
 
 def fps_text(mode: dict) -> str:

@@ -253,6 +253,8 @@ def draw(img: np.ndarray, tracks: list[Track], poses: dict[int, tuple[float, flo
 
 # --- the loop ------------------------------------------------------------------------------------------
 
+PARTS = ("detect", "track", "pose", "draw")  # where a frame's time goes (detect includes colour conversion)
+
 def run(frames: Iterable[np.ndarray], detector: Detector, headpose: HeadPose | None = None,
         writer: Any = None, tracker: Sort | None = None, max_frames: int | None = None,
         log: Callable[[str], None] | None = None, log_every_s: float = 5.0) -> list[dict]:
@@ -303,16 +305,12 @@ def _loop(frames: Iterable[np.ndarray], detector: Detector, headpose: HeadPose |
             entries.append(entry)
         results.append({"frame": index, "detect_ms": round(1e3 * (t1 - t0), 3), "frame_ms": round(1e3 * (t2 - t0), 3),
                         "parts_ms": {part: round(1e3 * dt, 3) for part, dt in
-                                     (("detect", t1 - t0), ("track", t_track - t1), ("pose", t_pose - t_track),
-                                      ("draw", t2 - t_pose))},
+                                     zip(PARTS, (t1 - t0, t_track - t1, t_pose - t_track, t2 - t_pose))},
                         "tracks": entries})
         if log is not None and t2 - last_log >= log_every_s:
             last_log = t2
             log(f"frame {index + 1}: {(index + 1) / (t2 - start):.1f} fps, "
                 f"detect {np.mean([r['detect_ms'] for r in results[-50:]]):.1f} ms/frame")
-
-
-PARTS = ("detect", "track", "pose", "draw")
 
 
 def summarize(results: list[dict], wall_s: float | None = None, dropped: int = 0) -> dict:

@@ -77,7 +77,6 @@ def reproduces(labelled: bool, reference_agreement: float, max_abs_diff: float, 
     return None
 
 
-
 def device_true(cfg: Any, layout: Any, inputs: list[np.ndarray], reference: np.ndarray, judged: np.ndarray,
                 accepted: list[set[int]], ids: list[str], atol: Optional[float]) -> dict[str, Any]:
     """evaluate's device-true section for a target with a ``cpu``: the model's board subset of the gold set

@@ -53,7 +53,7 @@ def plan_partition(model: Any, cpu_from: list[str]) -> dict[str, Any]:
     cpu: set[str] = set()
     if starts:
         frontier = list(starts)
-        while frontier:  # everything downstream of the head's first node
+        while frontier:  # everything downstream of the starts
             node = frontier.pop()
             if node.name in cpu:
                 continue
