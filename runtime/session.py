@@ -116,6 +116,9 @@ def load(path: str | Path, providers: list[str] | None = None, threads: int | No
     ``reference=True`` (QDQ ONNX formats only) runs the graph with optimizations off: quantize and
     dequantize as written, no fused INT8 kernels, so the result does not depend on this CPU's ISA."""
     path = Path(path)
+    if not path.exists() and not (path.parent / MANIFEST_NAME).exists():
+        raise RuntimeLoadError(f"no artifact at {path}: give the path of a built artifact (model.<ext>, with the "
+                               "manifest.json the build wrote beside it)")
     manifest = Manifest.read(path.parent / MANIFEST_NAME)
     if manifest.artifact != path.name:
         raise RuntimeLoadError(f"manifest in {path.parent} describes {manifest.artifact!r}, not {path.name!r}")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from stages.core.errors import BuildError
 from stages.core.layout import PROJECT_ROOT
 from stages.core.log import cli
 
@@ -143,10 +144,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.artifacts = args.artifacts.resolve()
     metrics = collect(args.artifacts, args.model, args.target)
     if not metrics:
-        print(f"no evaluated builds under {args.artifacts}"
-              + (f" for model={args.model}" if args.model else "") + (f" target={args.target}" if args.target else "")
-              + ": run `dvc repro` or `python -m stages.evaluate ...` first", file=sys.stderr)
-        return 1
+        raise BuildError(f"no evaluated builds under {args.artifacts}"
+                         + (f" for model={args.model}" if args.model else "")
+                         + (f" target={args.target}" if args.target else ""),
+                         hint="run `dvc repro` or `python -m stages.evaluate ...` first")
     if args.bench:
         timed = bench(metrics, args.runs, args.artifacts)
         print(json.dumps(timed, indent=1) if args.json else markdown_of(timed), end="\n" if args.json else "")

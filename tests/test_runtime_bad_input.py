@@ -165,7 +165,7 @@ def test_the_tracking_app_names_a_missing_artifact_without_a_traceback(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "runtime.apps.track", "--source", "0",
                            "--detector", str(tmp_path / "blazeface.onnx")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("error in python -m runtime.apps.track: no manifest at ") and "manifest.json" in proc.stderr
+    assert proc.stderr.startswith("error in python -m runtime.apps.track: no artifact at ") and "blazeface.onnx" in proc.stderr
 
 
 def onpu_artifact(tmp_path: Path) -> Path:
@@ -286,3 +286,16 @@ def test_labels_of_a_free_class_dimension_are_counted_at_the_first_run(tmp_path)
     assert Session(tmp_path / "m.onnx", manifest, Backend(3)).run(x).shape == (1, 3)
     with pytest.raises(RuntimeLoadError, match="output 'y' has 5 classes but the manifest has 3 labels"):
         Session(tmp_path / "m.onnx", manifest, Backend(5)).run(x)
+
+
+def test_the_bad_input_sweep_ends_every_case_in_a_clear_error_or_a_correct_output(tmp_path):
+    """Issue #19's sweep (tests/fuzz/sweep_bad_input.py): manifests, session inputs, preprocess(), config
+    values and files, and every CLI, each case expecting a clear error naming what is wrong, or a success."""
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "sweep_bad_input.py"), "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    summary = json.loads(out.read_text())
+    bad = [f"{r['area']}: {r['case']}: {r['outcome']}: {r['detail']}" for r in summary["rows"]
+           if r["outcome"] not in ("clear error", "correct output")]
+    assert proc.returncode == 0 and not bad, "\n".join(bad) or proc.stderr[-3000:]
+    assert summary["cases"] >= 150 and summary["outcomes"]["correct output"] >= 10
