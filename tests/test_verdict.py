@@ -50,7 +50,9 @@ def test_a_small_device_subset_validates_the_whole_set_execution_and_fails_when_
     assert "too few inputs to decide alone" in budget_rule.verdict(
         BUDGET, whole, "reference semantics", {**small, "of": 10000})["verdict_from"]
     # the board ran the whole set, but what it measured does not resolve the budget: not "too few inputs"
-    wide = {**device(1200, 0), "of": 1200, "quantities": quantities(1200, 40)}
+    straddling = {"drop": {"value": 0.25, "n": 1200, "ci95": [-0.45, 0.95]},
+                  "agreement": {"value": 0.985, "n": 1200, "ci95": [0.977, 0.991]}}
+    wide = {**device(1200, 0), "of": 1200, "quantities": straddling}
     assert "its intervals too wide to decide alone" in budget_rule.verdict(BUDGET, whole, "reference semantics",
                                                                            wide)["verdict_from"]
 
@@ -71,3 +73,20 @@ def test_the_build_hosts_numbers_are_no_input_of_the_verdict():
     assert "budget_rule.verdict(budget, quantities, judged_by, device)" in source
     assert "quantities = budget_rule.measure(budget, task, reference, candidate," in source
     assert "candidate, sanity_out = judged.outputs[:n_gold]" in source
+
+
+def test_an_interval_wholly_inside_the_bound_decides_it_however_wide():
+    """A paired drop's interval widens with the inputs that changed, either way: BlazeFace's INT8 build
+    gained 12 gold windows and lost 3 (drop -0.75 points, interval [-1.50, -0.11], half-width 0.70 > 0.5),
+    which decides `drop <= 0.5` as surely as a narrow interval would. One that straddles the bound does not."""
+    better = {"drop": {"value": -0.75, "n": 1200, "ci95": [-1.50, -0.11]}}
+    assert budget_rule.failures(BUDGET, better) == []
+    straddles = {"drop": {"value": 0.25, "n": 1200, "ci95": [-0.45, 0.95]}}
+    assert budget_rule.failures(BUDGET, straddles) == [
+        "drop: n = 1200 cannot resolve the bound 0.5 (95 % interval half-width 0.7 > 0.5)"]
+    worse = {"drop": {"value": 2.0, "n": 1200, "ci95": [1.2, 2.8]}}  # decided, against: only the miss is named
+    assert budget_rule.failures(BUDGET, worse) == ["drop 2.00 > max_drop 0.5 (n = 1200)"]
+    fraction = BudgetConfig(metric=None, min_agreement=0.98)
+    assert budget_rule.failures(fraction, {"agreement": {"value": 0.995, "n": 300, "ci95": [0.981, 0.999]}}) == []
+    assert "cannot resolve" in budget_rule.failures(
+        fraction, {"agreement": {"value": 0.99, "n": 90, "ci95": [0.94, 0.998]}})[0]

@@ -11,9 +11,12 @@ target. Each bound that is set is one *quantity* with its n and 95 % interval:
   cosine             mean cosine of the outputs against float (normal interval of the mean)
   error              the task's error against float, in its unit (head pose: degrees)
 
-The verdict needs two things: every value within its bound, and a gold set that resolves each bound
-(the interval's half-width no wider than the room the bound leaves). A set too small for its budget is
-a configuration error, named at compose time (``required_inputs``), never a PASS.
+The verdict needs two things: every value within its bound, and a gold set that resolves each bound:
+the interval's half-width no wider than the room the bound leaves, or the interval wholly on one side of
+the bound (``decided``). A paired drop's interval widens with the inputs on which the artifact and float
+disagree, whichever way: an artifact that gains 12 inputs and loses 3 has a wide interval that lies
+wholly below the bound, which decides it as surely as a narrow one. A set too small for its budget is a
+configuration error, named at compose time (``required_inputs``), never a PASS.
 """
 from __future__ import annotations
 
@@ -104,6 +107,12 @@ def _bounds(budget: BudgetConfig) -> list[tuple[str, str, float, float]]:
     return rows
 
 
+def decided(kind: str, bound: float, lo: float, hi: float) -> bool:
+    """Whether a 95 % interval lies wholly on one side of its bound (drop in points, as the bound): then the
+    set has decided the bound, however wide the interval; only one that straddles it is undecided."""
+    return (hi <= bound or lo > bound) if kind == "max" else (lo >= bound or hi < bound)
+
+
 def failures(budget: BudgetConfig, quantities: dict[str, dict], resolve: bool = True) -> list[str]:
     """Every way the measured quantities miss the budget (empty: it holds). With ``resolve``, also every
     bound that the set is too small to resolve: a PASS needs both."""
@@ -122,7 +131,7 @@ def failures(budget: BudgetConfig, quantities: dict[str, dict], resolve: bool = 
         if resolve and room > 0 and q.get("ci95") and None not in q["ci95"]:
             lo, hi = q["ci95"]
             half = (hi - lo) / 2 / (100.0 if quantity == "drop" else 1.0)
-            if half > room:
+            if half > room and not decided(kind, bound, lo, hi):
                 missed.append(f"{quantity}: n = {q['n']} cannot resolve the bound {bound} (95 % interval half-width "
                               f"{half * (100 if quantity == 'drop' else 1):.3g} > {room * (100 if quantity == 'drop' else 1):.3g})")
     return missed
