@@ -165,7 +165,7 @@ for task in range(first, last + 1):
 print(f"Submitted batch job {job}")
 """
 FAKE_SRUN = """\
-import os, subprocess, sys
+import os, subprocess, sys, time
 args, files = sys.argv[1:], {}
 while args and args[0].startswith("--"):
     flag = args.pop(0)
@@ -175,6 +175,12 @@ def path(p):
     for key, var in (("%A", "SLURM_ARRAY_JOB_ID"), ("%a", "SLURM_ARRAY_TASK_ID"), ("%j", "SLURM_JOB_ID")):
         p = p.replace(key, os.environ[var])
     return p.replace("%t", "0")
+# The stand-in sbatch starts the tasks at once; submitit creates each task's log folder only once sbatch has
+# printed the job ID (on a real cluster a job starts later than that). Wait for it, as a queued job would.
+for _ in range(1200):
+    if os.path.isdir(os.path.dirname(path(files["--output"]))):
+        break
+    time.sleep(0.05)
 with open(path(files["--output"]), "a") as out, open(path(files.get("--error", files["--output"])), "a") as err:
     sys.exit(subprocess.call(args, stdout=out, stderr=err))
 """
