@@ -182,12 +182,11 @@ def missed_measured(root: Path, build: dict) -> str:
         return f"not built here (`python -m stages.evaluate model={build['model']} target={build['target']} " \
                f"quant={build['quant']}`)"
     verdict = "PASS" if metrics.get("passed") else "FAIL"
-    judged_by = metrics.get("verdict_from") or NA
     device = metrics.get("device_true") or {}
-    # the numbers the verdict came from: the board's, when its run decided alone
-    lines = quantity_lines(metrics, device.get("quantities") if judged_by.startswith("device-true") else None)
+    # the numbers the verdict came from: the board's, when its run resolved the budget and decided alone
+    lines = quantity_lines(metrics, device["quantities"] if device.get("ran") and device.get("resolves_budget") else None)
     return (f"{verdict} on {metrics.get('dataset') or NA} (n = {metrics.get('n', NA):,}), judged by "
-            f"{judged_by}: " + ("; ".join(lines) or NA))
+            f"{metrics.get('verdict_from') or NA}: " + ("; ".join(lines) or NA))
 
 
 def missed(root: Path) -> str:

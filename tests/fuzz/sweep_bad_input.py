@@ -5,7 +5,7 @@ run and classified, and a table and a JSON summary are printed.
 
 Cases span the manifest reader (structure, values, seal, I/O against the model), inputs to a session,
 ``preprocess()``, config values and files (composed as every Hydra stage composes them), and the CLIs
-(Hydra stages, ``stages.list``, ``compare``, ``report``, ``arm64.verify``, ``runtime``,
+(Hydra stages, ``stages.list``, ``compare``, ``report``, ``arm64``, ``runtime``,
 ``runtime.apps.track``) in subprocesses. Each case expects an error or a success:
 
   clear error     a project error (exit code 2 for a CLI) whose message holds the named fragment (the key,
@@ -14,12 +14,15 @@ Cases span the manifest reader (structure, values, seal, I/O against the model),
   traceback       any other exception, or a traceback printed by a CLI;
   silent success  no error where the input is wrong (for a CLI, exit 0, or still running at the timeout:
                   it went on to build);
-  correct output  no error, where the input is valid.
+  correct output  no error, where the input is valid;
+  refused valid input  an error, where the input is valid.
 Exit status: 0 when every case is a clear error or a correct output.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import json
 import logging
 import shutil
@@ -38,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from runtime import load  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.manifest import seal_manifest, sha256_of  # noqa: E402
+from runtime.manifest import seal_manifest  # noqa: E402
 from runtime.preprocess import Preprocess  # noqa: E402
 
 PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/orange.jpg")
@@ -82,25 +85,22 @@ def classify(case: Case, work: Path) -> tuple[str, str]:
 
 # ---- a small real artifact: a QDQ model made by ORT's quantizer, its manifest sealed as the build seals it
 
-_MADE: list[Path] = []
+_SOURCE = tempfile.TemporaryDirectory(prefix="sweep-artifact-")  # removed when the sweep exits
+
+
+@functools.cache
+def _made() -> Path:
+    from test_runtime_reference import artifact as make
+
+    make(Path(_SOURCE.name))
+    return Path(_SOURCE.name)
 
 
 def artifact(work: Path) -> Path:
     """A copy of one real artifact folder (made once per sweep) in ``work``; returns its model.onnx."""
-    from test_runtime_reference import artifact as make
-
-    if not _MADE:
-        _MADE.append(Path(tempfile.mkdtemp(prefix="sweep-artifact-")))
-        make(_MADE[0])
     for name in ("model.onnx", "manifest.json"):
-        shutil.copy(_MADE[0] / name, work / name)
+        shutil.copy(_made() / name, work / name)
     return work / "model.onnx"
-
-
-def manifest_of(work: Path) -> dict:
-    data = json.loads((work / "manifest.json").read_text())
-    data.pop("manifest_sha256")
-    return data
 
 
 def with_manifest(change: Callable[[dict], Any], seal: bool = True) -> Callable[[Path], Any]:
@@ -116,15 +116,16 @@ def with_manifest(change: Callable[[dict], Any], seal: bool = True) -> Callable[
 
 
 def set_field(key: str, value) -> Callable[[dict], None]:
+    """Set (or, with DELETE, remove) a dotted manifest field; digits index lists: ``inputs.0.shape``."""
     def change(m: dict) -> None:
-        *path, last = key.split(".")
+        *path, last = [int(p) if p.isdigit() else p for p in key.split(".")]
         node = m
         for part in path:
-            node = node[int(part)] if part.isdigit() else node[part]
+            node = node[part]
         if value is DELETE:
-            del node[int(last) if last.isdigit() else last]
+            del node[last]
         else:
-            node[int(last) if last.isdigit() else last] = value
+            node[last] = value
     return change
 
 
@@ -156,6 +157,16 @@ def flip_byte(path: Path) -> None:
 def as_dir(path: Path) -> None:
     path.unlink()
     path.mkdir()
+
+
+def raw_manifest_without_seal() -> Callable[[Path], Any]:
+    def run(work: Path):
+        path = artifact(work)
+        data = json.loads((work / "manifest.json").read_text())
+        data.pop("manifest_sha256")
+        (work / "manifest.json").write_text(json.dumps(data))
+        return load(path)
+    return run
 
 
 def manifest_cases() -> list[Case]:
@@ -202,16 +213,6 @@ def manifest_cases() -> list[Case]:
     # a task this runtime has no summary for still runs (python -m runtime says it has no summary for it)
     cases.append(Case("manifest", "task = 'segmentation' (sealed)", with_manifest(set_field("task", "segmentation")), OK))
     return cases
-
-
-def raw_manifest_without_seal() -> Callable[[Path], Any]:
-    def run(work: Path):
-        path = artifact(work)
-        data = json.loads((work / "manifest.json").read_text())
-        data.pop("manifest_sha256")
-        (work / "manifest.json").write_text(json.dumps(data))
-        return load(path)
-    return run
 
 
 # ---- inputs to a loaded session
@@ -279,7 +280,7 @@ def preprocess_cases() -> list[Case]:
         Case("preprocess", "an empty file", pre(write("empty.png", b"")), "empty.png"),
         Case("preprocess", "a text file", pre(write("notes.jpg", b"not an image\n")), "notes.jpg"),
         Case("preprocess", "a missing path", pre(lambda work: str(work / "nope.jpg")), "nope.jpg"),
-        Case("preprocess", "a directory", pre(lambda work: work), str("cannot be decoded")),
+        Case("preprocess", "a directory", pre(lambda work: work), "cannot be decoded"),
         Case("preprocess", "a str path", pre(lambda work: str(PHOTO)), OK),
         Case("preprocess", "a Path", pre(lambda work: PHOTO), OK),
         Case("preprocess", "grey HxW", pre(arr((9, 9))), OK),
@@ -451,9 +452,7 @@ def main() -> int:
                      if detail else ""})
         flag = "" if outcome in ("clear error", "correct output") else "  <--"
         print(f"{case.area:12} {case.name[:58]:58} {outcome}{flag}", flush=True)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+    counts = dict(collections.Counter(row["outcome"] for row in rows))
     summary = {"cases": len(rows), "outcomes": counts}
     if args.json:
         args.json.write_text(json.dumps({**summary, "rows": rows}, indent=1))
