@@ -171,3 +171,33 @@ def test_a_float16_subgraph_the_toolkit_does_not_have_is_named_with_what_to_do(t
     with pytest.raises(BuildError, match="hybrid_quantization_step1") as error:
         rknn.run_worker(cfg_for("rknn"), layout, tmp_path / "model.rknn")
     assert "quant.float_outputs=false" in error.value.hint and "['flat', 'logits']" in error.value.hint
+
+
+def test_the_toolkits_threads_run_inline_so_the_heap_and_the_bytes_repeat(monkeypatch):
+    """The compiler writes heap addresses into the .rknn: a thread of the toolkit's (mmse's range
+    search) that races the main thread's allocations made every hybrid build's bytes differ. The
+    worker runs such a thread to completion inside start(); other threads start as usual."""
+    import importlib.util
+    import threading
+
+    spec = importlib.util.spec_from_file_location("rknn_worker_under_test", rknn.WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    monkeypatch.setattr(threading.Thread, "start", threading.Thread.start)  # undone after the test
+    worker.one_thread()
+    seen = []
+
+    class Search:  # stands in for rknn.api.mmse_quant2.MmseQaunt2
+        __module__ = "rknn.api.mmse_quant2"
+
+        def _run(self):
+            seen.append(threading.current_thread())
+
+    toolkit = threading.Thread(target=Search()._run)
+    toolkit.start()
+    assert seen == [threading.main_thread()] and not toolkit.is_alive()
+    toolkit.join()  # what the toolkit does next: returns at once
+    other = threading.Thread(target=lambda: seen.append(threading.current_thread()))
+    other.start()
+    other.join()
+    assert seen[1] is not threading.main_thread()

@@ -212,12 +212,23 @@ def _gold(cfg, layout, inputs: list[np.ndarray], threads: int) -> GoldRun:  # no
         from runtime.backends.rknn import data_format
         from runtime.manifest import Manifest
 
-        layout_of_input = data_format(Manifest.read(layout.manifest).inputs[0])
+        manifest = Manifest.read(layout.manifest)
+        layout_of_input = data_format(manifest.inputs[0])
         result = run_worker(cfg, layout, rebuilt, simulate={"inputs": str(gold), "outputs": str(outputs),
                                                             "data_format": layout_of_input,
                                                             "analysis_dir": str(analysis)})
         same = hashlib.sha256(rebuilt.read_bytes()).hexdigest() == hashlib.sha256(layout.artifact.read_bytes()).hexdigest()
+        if not same:
+            raise BuildError(f"the RKNN simulator's rebuild of {layout.artifact} from the same ONNX is not byte-identical "
+                             "to it, so the simulator would judge other bytes than the board runs; no verdict",
+                             hint="the toolkit's build is not deterministic here: rerun `python -m stages.convert` and "
+                                  "evaluate; if it persists, report it with the prepared folder (rknn_config.json)")
+        # The worker saves one flat row per input: give each row the output's shape back, as every
+        # other backend returns it (a detector's scores are read per anchor, on the last axis).
         logits = np.load(outputs)
+        shape = manifest.outputs[0].shape[1:]
+        if all(isinstance(d, int) for d in shape) and int(np.prod(shape)) == logits.shape[1]:
+            logits = logits.reshape(len(logits), *shape)
     return GoldRun(logits, f"rknn-simulator:{cfg.target.rknn.platform}", None,
                    note="RKNN PC simulator: accuracy only, no device latency",
                    extra={"simulated_model_is_the_artifact": same, "times": result["times"],
