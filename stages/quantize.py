@@ -87,7 +87,7 @@ STAGE = Stage(
     outs=lambda L: [L.quantized, L.quantize_report],
     run=quantize,
     doc="float ONNX -> quantized ONNX, budget checked and repaired",
-    code=("stages/quantizers", "stages/zoo", "stages/rewrites/modules.py"),
+    code=("stages/quantizers", "stages/zoo", "stages/rewrites/modules.py", "stages/formats", "runtime"),
 )
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ def test_malformed_yaml_and_unknown_target_fail_from_the_command_line(tmp_path):
     (["target=rk3588", "target.rknn.quantized_algorithm=mmsee"], "'target.rknn.quantized_algorithm': is 'mmsee'"),
     (["+model.input.dtype=float33"], "'model.input.dtype': is 'float33'; expected one of float32, float16, uint8"),
     (["quant=rknn_int8", "+quant.vendor_algorithm=mmsee"], "'quant.vendor_algorithm': is 'mmsee'; expected one of"),
+    (["quant=rknn_int8_levers", "quant.vendor_ladder.1.algorithm=mmsee"],
+     "'quant.vendor_ladder[1].algorithm': is 'mmsee'; expected one of"),
     (["model.board_inputs=0"], "'model.board_inputs': is 0; must be >= 1"),
 ])
 def test_values_are_validated_before_any_stage_runs(overrides, message):

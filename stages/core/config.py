@@ -382,6 +382,15 @@ class RepairConfig:
 
 
 @dataclass
+class VendorRung:
+    """One setting of a vendor toolkit's own levers (RKNN): its quantization algorithm, and whether
+    the ops that compute the outputs run in float16 (hybrid quantization)."""
+
+    algorithm: str = rule("normal", choices=("normal", "mmse", "kl_divergence"))
+    float_outputs: bool = False
+
+
+@dataclass
 class QuantConfig:
     name: str = MISSING
     scheme: str = MISSING  # a registered quantizer (stages.quantize.SCHEMES)
@@ -404,6 +413,10 @@ class QuantConfig:
     fold_relu6: bool = False
     # scheme vendor: the toolkit's own quantization algorithm (RKNN: quantized_algorithm); null keeps the target's
     vendor_algorithm: Optional[str] = rule(None, choices=("normal", "mmse", "kl_divergence"))
+    # scheme vendor on RKNN: settings tried in order by the quantize stage, each built and run in the
+    # toolkit's simulator on the validation split; the first that meets the model's budget there is the
+    # one convert builds (stages/quantizers/rknn_levers.py). Empty: vendor_algorithm and float_outputs as set
+    vendor_ladder: List[VendorRung] = field(default_factory=list)
     repair: RepairConfig = field(default_factory=RepairConfig)
 
 

@@ -66,7 +66,7 @@ def _unavailable(cfg) -> Optional[str]:  # noqa: ANN001
             "creates it from stages/formats/rknn_requirements.txt (or set RKNN_TOOLKIT2_PYTHON)")
 
 
-def _pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def pixels(cfg, calibration: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """Undo the model's normalization: the toolkit gets raw pixels and normalizes on the NPU."""
     mean = np.asarray(cfg.model.input.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(cfg.model.input.std, np.float32).reshape(1, -1, 1, 1)
@@ -87,28 +87,44 @@ def float_subgraphs(model: Path) -> list[list[str]]:
     return heads
 
 
-def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
+def levers(cfg, layout) -> tuple[str, bool]:  # noqa: ANN001
+    """The toolkit's settings that convert builds with: the rung that the quantize stage chose on the
+    validation split (quantize.json's vendor_levers, when the scheme has a vendor_ladder), else the
+    scheme's vendor_algorithm (or the target's) and float_outputs."""
+    chosen = None
+    if cfg.quant.vendor_ladder and layout.quantize_report.exists():
+        chosen = (json.loads(layout.quantize_report.read_text()).get("vendor_levers") or {}).get("chosen")
+    if chosen:
+        return chosen["algorithm"], bool(chosen["float_outputs"])
+    return algorithm(cfg), bool(cfg.quant.float_outputs)
+
+
+def write_prepared(cfg, prepared: Path, model_src: Path, calibration: np.ndarray, quantized_algorithm: str,  # noqa: ANN001
+                   float16_outputs: bool) -> list[Path]:
+    """The toolkit's inputs in one folder: the float ONNX, the calibration pixels and rknn_config.json."""
     rk = _rknn(cfg)
-    prepared = layout.prepared_dir
     (prepared / "dataset").mkdir(parents=True, exist_ok=True)
     model = prepared / "model.onnx"
-    model.write_bytes(layout.quantized.read_bytes())
-    n = cfg.quant.calibration.num_samples
-    pixels = _pixels(cfg, np.load(layout.calibration)[:n])
+    model.write_bytes(model_src.read_bytes())
+    tensors = pixels(cfg, calibration[:cfg.quant.calibration.num_samples])
     names = []
-    for i, tensor in enumerate(pixels):  # NCHW float32 pixels, one file per sample, as dataset.txt wants
+    for i, tensor in enumerate(tensors):  # NCHW float32 pixels, one file per sample, as dataset.txt wants
         name = f"dataset/{i:04d}.npy"
         np.save(prepared / name, tensor[None])
         names.append(name)
     (prepared / "dataset.txt").write_text("\n".join(names) + "\n")
     config = {"toolkit": 1 if cfg.target.format == "rknn_v1" else 2, "platform": rk.platform,
               "mean": [list(cfg.model.input.mean)], "std": [list(cfg.model.input.std)],
-              "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": algorithm(cfg),
+              "quantized_dtype": rk.quantized_dtype, "quantized_algorithm": quantized_algorithm,
               "optimization_level": rk.optimization_level, "onnx": "model.onnx", "dataset": "dataset.txt"}
-    if cfg.quant.float_outputs:
+    if float16_outputs:
         config["float_subgraphs"] = float_subgraphs(model)
     (prepared / "rknn_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return [model, prepared / "dataset.txt", prepared / "rknn_config.json"]
+
+
+def _prepare(cfg, layout) -> list[Path]:  # noqa: ANN001
+    return write_prepared(cfg, layout.prepared_dir, layout.quantized, np.load(layout.calibration), *levers(cfg, layout))
 
 
 def _deterministic_prefix() -> list[str]:
@@ -118,16 +134,19 @@ def _deterministic_prefix() -> list[str]:
     return [setarch, platform.machine(), "-R"] if setarch else []
 
 
-def job_config(layout) -> dict:  # noqa: ANN001
-    return json.loads((layout.prepared_dir / "rknn_config.json").read_text())
+def job_config(prepared: Path) -> dict:
+    return json.loads((prepared / "rknn_config.json").read_text())
 
 
-def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> dict:  # noqa: ANN001
-    """Run the toolkit on the prepared inputs (cwd = prepared/, so dataset.txt stays relative)."""
+def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None,  # noqa: ANN001
+               prepared: Optional[Path] = None) -> dict:
+    """Run the toolkit on the prepared inputs (layout.prepared_dir unless ``prepared`` names another
+    folder; cwd = that folder, so dataset.txt stays relative)."""
     python = toolkit_python(cfg)
     if python is None:
         raise BuildError(_unavailable(cfg) or "RKNN toolkit missing")
-    job = job_config(layout)
+    prepared = prepared or layout.prepared_dir
+    job = job_config(prepared)
     hybrid = f", float16: {job['float_subgraphs']}" if job.get("float_subgraphs") else ""
     console.print(f"RKNN toolkit {job['toolkit']}: {cfg.target.rknn.platform} "
                   f"({job['quantized_dtype']}, {job['quantized_algorithm']}{hybrid})")
@@ -145,7 +164,7 @@ def run_worker(cfg, layout, output: Path, simulate: Optional[dict] = None) -> di
                "LANG": "C.UTF-8", "TQDM_DISABLE": "1"}
         proc = subprocess.run([*_deterministic_prefix(), str(python), str(WORKER), str(job_path), str(result_path),
                                *extra],
-                              cwd=layout.prepared_dir, capture_output=True, text=True, env=env)
+                              cwd=prepared, capture_output=True, text=True, env=env)
         log = (proc.stdout + proc.stderr)[-3000:]
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
@@ -192,11 +211,11 @@ def _build(cfg, layout, out: Path, manifest: dict) -> dict:  # noqa: ANN001 - se
         run_worker(cfg, layout, exported)
         out.write_bytes(exported.read_bytes())
     dist = "rknn-toolkit" if cfg.target.format == "rknn_v1" else "rknn-toolkit2"
-    rk = cfg.target.rknn
+    rk, job = cfg.target.rknn, job_config(layout.prepared_dir)
     return {"inputs": device_inputs(cfg), "toolchain": {dist: _toolkit_version(cfg)},
             "rknn": {"platform": rk.platform, "quantized_dtype": rk.quantized_dtype,
-                     "quantized_algorithm": algorithm(cfg), "optimization_level": rk.optimization_level,
-                     "float16_subgraphs": job_config(layout).get("float_subgraphs", [])}}  # no timings: the
+                     "quantized_algorithm": job["quantized_algorithm"], "optimization_level": rk.optimization_level,
+                     "float16_subgraphs": job.get("float_subgraphs", [])}}  # no timings: the
     # manifest's bytes are the build's, reproducible; the convert stage's profile has its time
 
 

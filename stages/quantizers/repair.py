@@ -60,7 +60,10 @@ class Judge:
     def __call__(self, path: Path) -> dict:
         # Judged as the graph computes on any device (reference semantics), not as this host's fused INT8
         # kernels do: evaluate's verdict reads the same (stages/evaluate.py, `verdict_run`).
-        outputs = run_all(path, self.inputs, self.input_name, reference=True)
+        return self.outputs(run_all(path, self.inputs, self.input_name, reference=True))
+
+    def outputs(self, outputs: np.ndarray) -> dict:
+        """A candidate's outputs on the selection set (one row per input), against float, under the budget."""
         quantities, failures = self.missed(outputs)
         metric = self.budget.metric if "drop" in quantities else None
         metrics = self.task.score(outputs, self.accepted, self.ids, self.task_params) if metric else {}
