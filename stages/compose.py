@@ -32,20 +32,23 @@ from stages.core.errors import BuildError
 from stages.core.fileio import write_json
 from stages.core.layout import CONF_DIR
 from stages.core.log import user_error, cli
-from stages.core.pipeline import DIGESTED
+from stages.core.pipeline import STAGE_MODULES, code_digest, dvc_param, load_stage, tracked_params
 
 
 def with_digests(plain: dict[str, Any]) -> dict[str, Any]:
-    """Add ``digest.<name>``: the sha256 of each large subtree that dvc.yaml tracks by digest."""
+    """Add ``digest.<name>``: the sha256 of the value of each config key a stage reads, which is what
+    dvc.yaml tracks (stages/core/pipeline.py, ``dvc_param``)."""
     conf = OmegaConf.create(plain)
     digests = {}
-    for key, tracked in DIGESTED.items():
+    for key in tracked_params():
         if key.split(".")[0] not in plain:
             continue  # a model config has no target/rewrite section
         value = OmegaConf.select(conf, key)  # None digests too: DVC fails on a missing param
         data = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         blob = json.dumps(data, sort_keys=True).encode()
-        digests[tracked.split(".", 1)[1]] = hashlib.sha256(blob).hexdigest()
+        digests[dvc_param(key).split(".", 1)[1]] = hashlib.sha256(blob).hexdigest()
+    for name in STAGE_MODULES:  # each stage's code, tracked as a param too (stages/core/pipeline.py, code_param)
+        digests[f"code_{name}"] = code_digest(load_stage(name))
     return {**plain, "digest": digests}
 
 

@@ -26,18 +26,17 @@ from .log import console
 
 Scope = Literal["model", "build"]
 
-# Large config subtrees that DVC tracks through a digest instead of by value: dvc.lock stays
-# small, so a no-op `dvc repro` stays fast. stages/compose.py writes these digests.
-DIGESTED = {"model": "digest.model", "target": "digest.target", "rewrite": "digest.rewrite",
-            "model.gold": "digest.model_gold", "model.calibration": "digest.model_calibration",
-            "model.validation": "digest.model_validation", "model.sanity": "digest.model_sanity",
-            "model.train": "digest.model_train", "model.surgery": "digest.model_surgery",
-            "model.budget": "digest.model_budget", "model.task_params": "digest.model_task_params"}
-
-
+# DVC tracks every config key a stage reads through a digest of its value, one line in dvc.lock per
+# key, not the value's whole subtree: dvc.lock stays small, so a no-op `dvc repro` stays fast.
+# stages/compose.py writes these digests into the resolved configs, for every key any stage reads.
 def dvc_param(key: str) -> str:
-    """The key dvc.yaml tracks for a config key a stage reads."""
-    return DIGESTED.get(key, key)
+    """The key dvc.yaml tracks for a config key a stage reads: ``digest.<key with _ for .>``."""
+    return "digest." + key.replace(".", "_")
+
+
+def tracked_params() -> list[str]:
+    """Every config key that some stage reads (its ``params``), in a stable order."""
+    return sorted({key for name in STAGE_MODULES for key in load_stage(name).params})
 
 
 # Pipeline order; a stage's upstream must appear before it.
@@ -92,14 +91,28 @@ def code_paths(stage: Stage) -> list[str]:
     return [f"stages/{stage.name}.py", "stages/core", *stage.code]
 
 
+IGNORED_PARTS = ("__pycache__", ".stamps", "build")  # as .dvcignore: bytecode, stamps, runtime/build
+
+
 def code_digest(stage: Stage) -> str:
+    """The sha256 of the files a stage runs (code_paths; every file of a folder, as DVC hashes one), by
+    name and content. DVC tracks it as the stage's ``digest.code_<stage>`` param (stages/compose.py
+    writes it), one line in dvc.lock, where listing the folders cost about nine entries a stage."""
     digest = hashlib.sha256()
     for rel in code_paths(stage):
         path = PROJECT_ROOT / rel
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.endswith(".pyc")
+                       and not any(part in IGNORED_PARTS or part.endswith(".egg-info")
+                                   for part in f.relative_to(PROJECT_ROOT).parts)) if path.is_dir() else [path]
+        for file in files:
             digest.update(file.relative_to(PROJECT_ROOT).as_posix().encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def code_param(stage: Stage) -> str:
+    """The param key, in the resolved configs, of the digest of a stage's code."""
+    return f"digest.code_{stage.name}"
 
 
 def is_fresh(stage: Stage, cfg: Config, layout: Layout) -> bool:
