@@ -177,7 +177,10 @@ def latency(root: Path) -> str:
 
 def missed_measured(root: Path, build: dict) -> str:
     """A missed build's own verdict, from its metrics.json when it was built on request (never typed)."""
-    metrics = read_json(Layout(root, build["model"], build["target"], build["quant"]).metrics)
+    layout = Layout(root, build["model"], build["target"], build["quant"])
+    metrics = read_json(layout.metrics)
+    if not metrics and layout.metrics.parent.is_dir():
+        return "converted here, but evaluate gave no verdict (its log says why; the reason column has it)"
     if not metrics:
         return f"not built here (`python -m stages.evaluate model={build['model']} target={build['target']} " \
                f"quant={build['quant']}`)"
@@ -197,6 +200,15 @@ def missed(root: Path) -> str:
     rows = [[f"{b['model']} / {b['target']} / {b['quant']}", missed_measured(root, b), b["reason"]]
             for b in (plan(root).get("missed") or {}).values()]
     return md_table(("build", "its verdict, from its metrics.json [95 % CI] (bound)", "what was tried (measured)"),
+                    rows) if rows else "None."
+
+
+def on_request(root: Path) -> str:
+    """conf/builds.yaml's `on_request:` builds: they pass when built on request, and stay out of the default
+    build for the reason given there. Each row has the build's own verdict from its metrics.json."""
+    rows = [[f"{b['model']} / {b['target']} / {b['quant']}", missed_measured(root, b), b["reason"]]
+            for b in (plan(root).get("on_request") or {}).values()]
+    return md_table(("build", "its verdict, from its metrics.json [95 % CI] (bound)", "why it is built on request"),
                     rows) if rows else "None."
 
 
@@ -222,7 +234,8 @@ def faces(root: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "device": device, "latency": latency,
-                                            "missed": missed, "profile": profile, "faces": faces}
+                                            "missed": missed, "on_request": on_request, "profile": profile,
+                                            "faces": faces}
 
 
 def regenerate(text: str, root: Path) -> str:

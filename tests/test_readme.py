@@ -26,6 +26,19 @@ def test_a_missed_build_shows_its_own_metrics_where_it_was_built_and_says_how_to
     assert "not built here (`python -m stages.evaluate model=m target=u quant=q`)" in unbuilt
 
 
+def test_a_build_on_request_shows_its_own_verdict_and_why_it_is_not_in_the_default_build(tmp_path):
+    (tmp_path / "conf").mkdir()
+    on_request = {"m-t-q": {"model": "m", "target": "t", "quant": "q", "reason": "225 s of stage time"}}
+    (tmp_path / "conf/builds.yaml").write_text(yaml.safe_dump({"models": ["m"], "builds": {}, "on_request": on_request}))
+    folder = tmp_path / "artifacts/m/t/q"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "passed": True, "dataset": "imagenet_fidelity", "n": 1016, "verdict_from": "rknn-simulator:t",
+        "budget": {"min_cosine": 0.985, "quantities": {"cosine": {"value": 0.994, "ci95": [0.993, 0.995], "n": 1016}}}}))
+    row = [line for line in readme.on_request(tmp_path / "artifacts").splitlines() if line.startswith("| m /")][0]
+    assert "PASS on imagenet_fidelity (n = 1,016), judged by rknn-simulator:t" in row and "225 s of stage time" in row
+
+
 def test_a_pi_builds_verdict_row_shows_the_emulated_boards_agreement_with_the_verdict_run(tmp_path):
     arm64 = {"results": [{"model": "m", "target": "rpi4", "quant": "q", "cpu": "cortex-a72", "mismatch": None,
                           "device_true": {"reference_agreement": {"value": 0.99, "k": 99, "n": 100,

@@ -27,6 +27,10 @@ from stages.core.log import console
 from . import FORMATS, Format, GoldRun
 
 RKNN_VENV = PROJECT_ROOT / ".venv-rknn"
+# evaluate's rebuilds for the simulator: the first whose bytes are the artifact's is simulated. The
+# compiler's leaked heap addresses can vary from run to run in a hybrid build's mmse step (measured
+# on MobileNetV2: 3 distinct files in 6 runs, weights and scales identical), so one rebuild may miss.
+REBUILDS = 3
 # In a folder of its own: Python puts the script's folder first on sys.path, and a sibling named
 # like a package the toolkit imports (onnx.py, rknn.py here) would shadow it.
 WORKER = Path(__file__).with_name("workers") / "rknn_worker.py"
@@ -233,24 +237,29 @@ def _gold(cfg, layout, inputs: list[np.ndarray], threads: int) -> GoldRun:  # no
 
         manifest = Manifest.read(layout.manifest)
         layout_of_input = data_format(manifest.inputs[0])
-        result = run_worker(cfg, layout, rebuilt, simulate={"inputs": str(gold), "outputs": str(outputs),
-                                                            "data_format": layout_of_input,
-                                                            "analysis_dir": str(analysis)})
-        same = hashlib.sha256(rebuilt.read_bytes()).hexdigest() == hashlib.sha256(layout.artifact.read_bytes()).hexdigest()
-        if not same:
-            raise BuildError(f"the RKNN simulator's rebuild of {layout.artifact} from the same ONNX is not byte-identical "
-                             "to it, so the simulator would judge other bytes than the board runs; no verdict",
-                             hint="the toolkit's build is not deterministic here: rerun `python -m stages.convert` and "
-                                  "evaluate; if it persists, report it with the prepared folder (rknn_config.json)")
-        # The worker saves one flat row per input: give each row the output's shape back, as every
-        # other backend returns it (a detector's scores are read per anchor, on the last axis).
+        expected = hashlib.sha256(layout.artifact.read_bytes()).hexdigest()
+        for attempt in range(1, REBUILDS + 1):
+            result = run_worker(cfg, layout, rebuilt, simulate={"inputs": str(gold), "outputs": str(outputs),
+                                                                "data_format": layout_of_input,
+                                                                "analysis_dir": str(analysis), "expect_sha256": expected})
+            if result.get("matches", True):
+                break
+            console.print(f"[yellow]rebuild {attempt} of {REBUILDS} is not byte-identical to the artifact[/]")
+        else:
+            raise BuildError(f"the RKNN simulator's {REBUILDS} rebuilds of {layout.artifact} from the same ONNX all "
+                             "differ from its bytes, so the simulator would judge other bytes than the board runs; "
+                             "no verdict",
+                             hint="the toolkit's build is not deterministic here (its compiler writes heap addresses "
+                                  "into the .rknn): rerun `python -m stages.convert` and evaluate; if it persists, "
+                                  "report it with the prepared folder (rknn_config.json)")
+        same = hashlib.sha256(rebuilt.read_bytes()).hexdigest() == expected  # what was simulated, checked here too
         logits = np.load(outputs)
         shape = manifest.outputs[0].shape[1:]
         if all(isinstance(d, int) for d in shape) and int(np.prod(shape)) == logits.shape[1]:
             logits = logits.reshape(len(logits), *shape)
     return GoldRun(logits, f"rknn-simulator:{cfg.target.rknn.platform}", None,
                    note="RKNN PC simulator: accuracy only, no device latency",
-                   extra={"simulated_model_is_the_artifact": same, "times": result["times"],
+                   extra={"simulated_model_is_the_artifact": same, "rebuilds": attempt, "times": result["times"],
                           "accuracy_analysis": str(analysis.relative_to(layout.root))})
 
 

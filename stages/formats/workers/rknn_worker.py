@@ -9,7 +9,8 @@ build()/init_runtime()/export_rknn() return non-zero, inference() returns None.
 
 Job keys: toolkit (1 or 2), onnx, platform, mean, std, quantized_dtype, quantized_algorithm,
 optimization_level, dataset (a dataset.txt), output (.rknn path). simulate.json, read only after
-the export: {inputs: .npy (N x H x W x C uint8), outputs: .npy, analysis_dir}. It is a separate
+the export: {inputs: .npy (N x H x W x C uint8), outputs: .npy, analysis_dir, expect_sha256: when set,
+a build with other bytes is not simulated and the result says ``matches: false``}. It is a separate
 file so that the build does exactly the same work (and allocations: the compiler writes heap
 addresses into the .rknn) whether or not a simulation follows; the evaluate stage relies on that
 to check that the model it simulates is byte-identical to the artifact. simulate.json's
@@ -157,6 +158,12 @@ def run(job: dict, simulate_path: Optional[str]) -> dict:
         if simulate_path:
             with open(simulate_path) as f:
                 sim = json.load(f)
+        if sim and sim.get("expect_sha256"):  # simulate only the artifact's own bytes
+            import hashlib
+
+            with open(job["output"], "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != sim["expect_sha256"]:
+                    return {"ok": True, "steps": steps, "times": times, "matches": False}
         if sim:
             start = time.time()
             check("init_runtime", rknn.init_runtime, steps)
