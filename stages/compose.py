@@ -47,9 +47,13 @@ def with_digests(plain: dict[str, Any]) -> dict[str, Any]:
         data = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         blob = json.dumps(data, sort_keys=True).encode()
         digests[dvc_param(key).split(".", 1)[1]] = hashlib.sha256(blob).hexdigest()
-    for name in STAGE_MODULES:  # each stage's code, tracked as a param too (stages/core/pipeline.py, code_param)
-        digests[f"code_{name}"] = code_digest(load_stage(name))
     return {**plain, "digest": digests}
+
+
+def code_digests() -> dict[str, Any]:
+    """Each stage's code digest, which its dvc.yaml entry tracks as a param (stages/core/pipeline.py,
+    ``code_param``)."""
+    return {"digest": {f"code_{name}": code_digest(load_stage(name)) for name in STAGE_MODULES}}
 
 
 def compose_files(model: str, target: str | None, quant: str | None, overrides: list[str]) -> None:
@@ -61,6 +65,7 @@ def compose_files(model: str, target: str | None, quant: str | None, overrides: 
     plain = to_plain(cfg)
     if target is None:
         write_json(layout.model_config, with_digests({"model": plain["model"]}))
+        write_json(layout.code_digests, code_digests())
     else:
         write_json(layout.build_config, with_digests(plain))
 

@@ -50,7 +50,8 @@ def compose_stages() -> dict[str, dict[str, Any]]:
     plan = yaml.safe_load((PROJECT_ROOT / "conf" / "builds.yaml").read_text())
     stages = {}
     for model in plan["models"]:
-        outs = [rel(Layout(Path("artifacts"), model, "_").model_config)]
+        model_layout = Layout(Path("artifacts"), model, "_")
+        outs = [rel(model_layout.model_config), rel(model_layout.code_digests)]
         outs += [rel(Layout(Path("artifacts"), item["model"], item["target"], item["quant"]).build_config)
                  for item in plan["chains"].values() if item["model"] == model]
         stages[compose_stage_name(model)] = {"cmd": f"python -m stages.compose --model {model} --chains",
@@ -72,7 +73,7 @@ def stage_entry(stage: Stage) -> dict[str, Any]:
         "cmd": f"python -m stages.{stage.name} {selector} upstream=false",
         # the stage's code is tracked through its digest (a param), not as folders: see code_digest
         "deps": [rel(p) for p in stage.deps(layout)],
-        "params": [{rel(config): [*(dvc_param(k) for k in stage.params), code_param(stage)]}],
+        "params": [{rel(config): [dvc_param(k) for k in stage.params]}, {rel(layout.code_digests): [code_param(stage)]}],
     }
     if not body["deps"]:
         del body["deps"]  # params only (train of a pretrained model): DVC counts params as dependencies

@@ -37,6 +37,12 @@ class Layout:
         return self.model_dir / "model.json"
 
     @property
+    def code_digests(self) -> Path:
+        """The digest of each stage's code (stages/compose.py), apart from the configs: a code edit
+        must not change the bytes of model.json, which some stages read as a file."""
+        return self.model_dir / "code.json"
+
+    @property
     def weights(self) -> Path:
         """The float model's state_dict, as the train stage left it (trained, or the pretrained file)."""
         return self.model_dir / "weights.pt"
