@@ -45,7 +45,7 @@ STAGE = Stage(
     name="convert", scope="build",
     params=("model", "target", "quant", "rewrite"),  # the manifest embeds the whole resolved config
     needs=("quantize",),
-    deps=lambda L: [L.quantized],
+    deps=lambda L: [L.quantized, L.quantize_report],  # quantize.json: the RKNN levers chosen (vendor_levers)
     outs=lambda L: [L.artifact, L.manifest],
     run=convert,
     doc="device artifact + manifest",

@@ -36,7 +36,7 @@ STAGE = Stage(
     name="prepare", scope="build",
     params=("model", "target", "quant", "rewrite"),
     needs=("quantize",),
-    deps=lambda L: [L.quantized],
+    deps=lambda L: [L.quantized, L.quantize_report],  # quantize.json: the RKNN levers chosen (vendor_levers)
     outs=lambda L: [L.prepared_dir, L.prepare_report],
     run=prepare,
     doc="vendor inputs for a toolchain that is not installed here",

@@ -345,10 +345,6 @@ def test_onpu_artifact_runs_through_the_runtime_on_cpu(built):
     assert manifest["partition"]["cpu_nodes"] > 0 and manifest["partition"]["npu_nodes"] > 0
 
 
-def metrics_split(folder: Path) -> str:
-    return json.loads((folder / "metrics.json").read_text())["splits"]["gold"]
-
-
 def rknn_builds() -> list[tuple[str, str, str]]:
     import yaml
 
@@ -364,18 +360,18 @@ def test_rknn_artifacts_were_checked_in_the_simulator_as_built(built, model, tar
     assert manifest["toolchain"]["rknn-toolkit2"] == "2.5.0" and manifest["rknn"]["platform"] == target
     from stages.core.cli import load as load_config
 
+    metrics = json.loads((folder / "metrics.json").read_text())
     quant_cfg = load_config([f"model={model}", f"target={target}", f"quant={quant}"]).quant
     hybrid = quant_cfg.float_outputs
     if quant_cfg.vendor_ladder:  # the toolkit's settings, chosen by quantize on the validation split
         levers = json.loads((built / "artifacts/_build" / model / target / quant / "quantize.json").read_text())[
             "vendor_levers"]
         tried, chosen = levers["tried"], levers["chosen"]
-        assert levers["split"] != metrics_split(folder) and all(not t["passed"] for t in tried[:-1]) and tried[-1]["passed"]
+        assert levers["split"] != metrics["splits"]["gold"] and all(not t["passed"] for t in tried[:-1]) and tried[-1]["passed"]
         assert chosen == {k: tried[-1][k] for k in ("algorithm", "float_outputs")}
         assert manifest["rknn"]["quantized_algorithm"] == chosen["algorithm"]
         hybrid = chosen["float_outputs"]
     assert bool(manifest["rknn"]["float16_subgraphs"]) == hybrid  # the outputs in float16, where the scheme says
-    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["analysis"]["simulated_model_is_the_artifact"] is True
     assert metrics["latency_ms"]["artifact"] is None and metrics["speedup"] is None  # no fake device timing
     analysis = built / "artifacts" / metrics["analysis"]["accuracy_analysis"]

@@ -20,6 +20,10 @@ from stages.core.errors import BuildError
 from stages.core.log import console
 
 
+def label(rung) -> str:  # noqa: ANN001
+    return f"{rung['algorithm']}{' + float16 outputs' if rung['float_outputs'] else ''}"
+
+
 def choose(cfg, layout, graph: Path) -> dict:  # noqa: ANN001
     """Try the ladder's settings in order on ``graph`` (the float ONNX the toolkit quantizes)."""
     from runtime.backends.rknn import data_format
@@ -48,7 +52,7 @@ def choose(cfg, layout, graph: Path) -> dict:  # noqa: ANN001
             outputs = np.load(tmp / "out.npy").reshape(judge.reference.shape)
             verdict = judge.outputs(outputs)
             tried.append({**asdict(rung), "times": result["times"], **verdict})
-            console.print(f"  {rung.algorithm}{' + float16 outputs' if rung.float_outputs else ''} on "
+            console.print(f"  {label(asdict(rung))} on "
                           f"{judge.dataset}: drop {verdict['drop']:.2f}, agreement {verdict['agreement']:.3f}"
                           f"{'' if verdict['passed'] else ' (' + '; '.join(verdict['failures']) + ')'}")
             if verdict["passed"]:
@@ -60,8 +64,7 @@ def choose(cfg, layout, graph: Path) -> dict:  # noqa: ANN001
         raise BuildError(
             f"{cfg.model.name} on {cfg.target.name}: none of quant.vendor_ladder's {len(tried)} toolkit settings "
             f"meets the budget on the validation split {judge.dataset} (n = {len(judge.inputs)}): "
-            + "; ".join(f"{t['algorithm']}{' + float16 outputs' if t['float_outputs'] else ''}: "
-                        f"{', '.join(t['failures'])}" for t in tried),
+            + "; ".join(f"{label(t)}: {', '.join(t['failures'])}" for t in tried),
             hint="add a setting to quant.vendor_ladder (another algorithm, float16 outputs), or another scheme; "
                  "the budget is the model's requirement")
     return report
