@@ -19,6 +19,15 @@ def test_jobs_are_the_models_final_stages_costliest_first():
     assert model_jobs(plan, {"t"}) == [("t", ["evaluate@t-rpi4-q"]), ("m", ["evaluate@m-rpi4-q", "prepare@m-rk1808-q"])]
 
 
+def test_two_trainings_do_not_start_together():
+    """They would take turns anyway (heavy_slot): the costliest untrained model starts beside the first."""
+    builds = {f"{m}-rpi4-q{i}": {"model": m} for m, n in (("a", 3), ("b", 2), ("c", 2), ("d", 1)) for i in range(n)}
+    plan = {"models": ["a", "b", "c", "d"], "builds": builds}
+    assert [m for m, _ in model_jobs(plan, {"a", "b"}, jobs=2)] == ["a", "c", "b", "d"]
+    assert [m for m, _ in model_jobs(plan, {"a", "b"}, jobs=1)] == ["a", "b", "c", "d"]
+    assert [m for m, _ in model_jobs(plan, set(), jobs=2)] == ["a", "b", "c", "d"]
+
+
 def cfg(train=None, scheme="ort_static"):
     return SimpleNamespace(model=SimpleNamespace(train=train), quant=SimpleNamespace(scheme=scheme))
 
