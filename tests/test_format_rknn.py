@@ -17,6 +17,10 @@ def fake_layout(tmp_path: Path) -> SimpleNamespace:
     (prepared / "rknn_config.json").write_text(json.dumps({
         "toolkit": 2, "platform": "rk3588", "mean": [[0, 0, 0]], "std": [[1, 1, 1]], "quantized_dtype": "w8a8",
         "quantized_algorithm": "normal", "optimization_level": 3, "onnx": "model.onnx", "dataset": "dataset.txt"}))
+    (prepared / "model.onnx").write_bytes(b"")
+    (prepared / "dataset").mkdir()
+    (prepared / "dataset" / "0000.npy").write_bytes(b"")
+    (prepared / "dataset.txt").write_text("dataset/0000.npy\n")
     return SimpleNamespace(prepared_dir=prepared)
 
 
@@ -33,6 +37,21 @@ def test_a_toolkit_crash_becomes_an_error_naming_the_signal(tmp_path, monkeypatc
     monkeypatch.setenv("RKNN_TOOLKIT2_PYTHON", str(crasher))
     with pytest.raises(BuildError, match="crashed with SIGABRT while building for rk3588"):
         rknn.run_worker(cfg_for("rknn"), fake_layout(tmp_path), tmp_path / "model.rknn")
+
+
+def test_a_job_runs_in_a_folder_named_by_what_it_reads(tmp_path):
+    """Every run of the same inputs sees the same paths (they reach the compiler's heap, so its bytes);
+    leftovers of a killed run do not change the folder; a missing input is named."""
+    layout = fake_layout(tmp_path)
+    job = rknn.job_config(layout.prepared_dir)
+    first = rknn.work_dir(layout.prepared_dir, job)
+    (layout.prepared_dir / "model.model").write_bytes(b"left by a killed hybrid build")
+    assert rknn.work_dir(layout.prepared_dir, job) == first and first.parent == Path("/tmp/edgebuild-rknn")
+    (layout.prepared_dir / "dataset" / "0000.npy").write_bytes(b"other calibration data")
+    assert rknn.work_dir(layout.prepared_dir, job) != first
+    (layout.prepared_dir / "dataset" / "0000.npy").unlink()
+    with pytest.raises(BuildError, match="lacks dataset/0000.npy"):
+        rknn.work_dir(layout.prepared_dir, job)
 
 
 def test_toolkit_v1_missing_says_what_to_install_and_where_to_point(monkeypatch):
@@ -108,7 +127,7 @@ def test_a_hybrid_build_runs_in_the_real_toolkit_and_leaves_no_files_behind(tmp_
     monkeypatch.delenv("RKNN_TOOLKIT2_PYTHON", raising=False)
     layout = fake_layout(tmp_path)
     classifier_onnx(layout.prepared_dir / "model.onnx")
-    (layout.prepared_dir / "dataset").mkdir()
+    (layout.prepared_dir / "dataset").mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
     for i in range(4):
         np.save(layout.prepared_dir / "dataset" / f"{i}.npy", rng.uniform(0, 255, (1, 3, 16, 16)).astype(np.float32))
@@ -163,7 +182,7 @@ def test_a_float16_subgraph_the_toolkit_does_not_have_is_named_with_what_to_do(t
     monkeypatch.delenv("RKNN_TOOLKIT2_PYTHON", raising=False)
     layout = fake_layout(tmp_path)
     classifier_onnx(layout.prepared_dir / "model.onnx")
-    (layout.prepared_dir / "dataset").mkdir()
+    (layout.prepared_dir / "dataset").mkdir(exist_ok=True)
     np.save(layout.prepared_dir / "dataset" / "0.npy", np.zeros((1, 3, 16, 16), np.float32))
     (layout.prepared_dir / "dataset.txt").write_text("dataset/0.npy\n")
     config = json.loads((layout.prepared_dir / "rknn_config.json").read_text())
