@@ -51,9 +51,11 @@ def compose_stages() -> dict[str, dict[str, Any]]:
     stages = {}
     for model in plan["models"]:
         model_layout = Layout(Path("artifacts"), model, "_")
-        outs = [rel(model_layout.model_config), rel(model_layout.code_digests)]
-        outs += [rel(Layout(Path("artifacts"), item["model"], item["target"], item["quant"]).build_config)
-                 for item in plan["chains"].values() if item["model"] == model]
+        outs = [rel(model_layout.model_config), rel(model_layout.model_params), rel(model_layout.code_digests)]
+        for item in plan["chains"].values():
+            if item["model"] == model:
+                chain = Layout(Path("artifacts"), item["model"], item["target"], item["quant"])
+                outs += [rel(chain.build_config), rel(chain.build_params)]
         stages[compose_stage_name(model)] = {"cmd": f"python -m stages.compose --model {model} --chains",
                                              "deps": ["conf", "stages", "runtime"], "outs": outs}
     return stages
@@ -67,7 +69,7 @@ def stage_entry(stage: Stage) -> dict[str, Any]:
     layout = MODEL if stage.scope == "model" else BUILD
     selector = ("model=${item}" if stage.scope == "model"
                 else "model=${item.model} target=${item.target} quant=${item.quant}")
-    config = layout.model_config if stage.scope == "model" else layout.build_config
+    config = layout.model_params if stage.scope == "model" else layout.build_params
     outs = [rel(p) for p in stage.outs(layout)]
     body: dict[str, Any] = {
         "cmd": f"python -m stages.{stage.name} {selector} upstream=false",

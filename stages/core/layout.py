@@ -37,6 +37,13 @@ class Layout:
         return self.model_dir / "model.json"
 
     @property
+    def model_params(self) -> Path:
+        """The digest of each config key the model's stages read (stages/compose.py): what dvc.yaml tracks.
+        A file of its own, beside model.json: DVC looks each tracked key up with dpath, which walks every
+        leaf of the file, so a small file keeps a no-op `dvc repro` fast."""
+        return self.model_dir / "params.json"
+
+    @property
     def code_digests(self) -> Path:
         """The digest of each stage's code (stages/compose.py), apart from the configs: a code edit
         must not change the bytes of model.json, which some stages read as a file."""
@@ -84,6 +91,11 @@ class Layout:
     @property
     def build_config(self) -> Path:
         return self.build_dir / "build.json"
+
+    @property
+    def build_params(self) -> Path:
+        """As model_params, for the build's stages."""
+        return self.build_dir / "params.json"
 
     @property
     def rewritten(self) -> Path:
