@@ -35,12 +35,31 @@ from stages.core.log import cli
 from stages.core.layout import PROJECT_ROOT
 from stages.core.pipeline import HEAVY_LOCK_ENV
 
-# The order jobs start in: the costliest first (training from scratch dominates), so the last job to
-# finish is a short one.
-TRAIN_COST, BUILD_COST = 8, 1
+# The order jobs start in: the costliest model first, so the last job to finish is a short one. A cold
+# build has no profile to go by, so a model's cost is estimated, in seconds of this 2-core x86 (scheduling
+# only: no result depends on it): a training; a stage chain per build; per evaluated build, its gold set
+# on this host (float, the artifact, the rewritten graph: about 0.3 s per million input values; once
+# more for the model's float reference) and the gold subset on the emulated board CPU (qemu-user, per
+# input: about 10 ms plus 3.5 ms per 1,000 input values; measured 183 ms for BlazeFace's 128x128x3
+# windows, 12-37 ms for a 28x28 Fashion-MNIST image).
+TRAIN_S, CHAIN_S, HOST_S_PER_M_VALUES = 100.0, 15.0, 0.3
+EMULATED_MS, EMULATED_MS_PER_1K_VALUES = 10.0, 3.5
 
 
-def model_jobs(plan: dict, trained: set[str], jobs: int = 2) -> list[tuple[str, list[str]]]:
+def model_cost(model, targets: list, gold_inputs: int) -> float:  # noqa: ANN001 - the composed model config
+    """Estimated seconds of a model's stages (see TRAIN_S): for ordering the jobs of stages.build.
+    ``targets``: each build's target config, None for a build only prepared (no evaluate)."""
+    values = 1
+    for d in model.input.shape[1:]:
+        values *= int(d)
+    host_s = HOST_S_PER_M_VALUES * gold_inputs * values / 1e6
+    emulated_s = min(model.board_inputs, gold_inputs) * (EMULATED_MS + EMULATED_MS_PER_1K_VALUES * values / 1000) / 1000
+    evaluated = [t for t in targets if t is not None]
+    return ((TRAIN_S if model.train else 0.0) + CHAIN_S * len(targets) + host_s * (len(evaluated) + 1)
+            + emulated_s * sum(1 for t in evaluated if t.cpu))
+
+
+def model_jobs(plan: dict, cost: dict[str, float], trained: set[str], jobs: int = 2) -> list[tuple[str, list[str]]]:
     """(model, its final DVC stages) for every model, in the order the jobs take them: the costliest first,
     except that the first ``jobs`` hold at most one model that trains. Trainings take turns (heavy_slot),
     so two of them started together leave one job waiting on the other's training; the costliest model
@@ -50,7 +69,6 @@ def model_jobs(plan: dict, trained: set[str], jobs: int = 2) -> list[tuple[str, 
     for group, stage in (("builds", "evaluate"), ("prepared", "prepare")):
         for key, item in (plan.get(group) or {}).items():
             stages[item["model"]].append(f"{stage}@{key}")
-    cost = {m: BUILD_COST * len(t) + (TRAIN_COST if m in trained else 0) for m, t in stages.items()}
     ranked = sorted((m for m, t in stages.items() if t), key=lambda m: -cost[m])
     first: list[str] = []
     for m in ranked:
@@ -58,6 +76,23 @@ def model_jobs(plan: dict, trained: set[str], jobs: int = 2) -> list[tuple[str, 
             first.append(m)
     order = first + [m for m in ranked if m not in first]
     return [(m, stages[m]) for m in order]
+
+
+def plan_costs(plan: dict) -> tuple[dict[str, float], set[str]]:
+    """Each model's estimated cost (model_cost), and the models that train."""
+    from stages.core.cli import load
+    from stages.core.datasets import dataset_size
+
+    models = {m: load([f"model={m}"]).model for m in plan["models"]}
+    targets: dict[str, object] = {}
+    per_model: dict[str, list] = {m: [] for m in plan["models"]}
+    for group in ("builds", "prepared"):
+        for item in (plan.get(group) or {}).values():
+            if group == "builds" and item["target"] not in targets:
+                targets[item["target"]] = load([f"target={item['target']}"]).target
+            per_model[item["model"]].append(targets[item["target"]] if group == "builds" else None)
+    return ({m: model_cost(model, per_model[m], dataset_size(model.gold)[0]) for m, model in models.items()},
+            {m for m, model in models.items() if model.train})
 
 
 def project_jobs(plan: dict) -> list[tuple[str, list[str]]]:
@@ -110,12 +145,9 @@ def dvc(*args: str) -> list[str]:
 
 
 def build(cwd: Path, jobs: int) -> int:
-    from stages.core.cli import load
-
     plan = yaml.safe_load((cwd / "conf" / "builds.yaml").read_text())
     if jobs <= 1:
         return subprocess.call(dvc("repro"), cwd=cwd)
-    trained = {m for m in plan["models"] if load([f"model={m}"]).model.train}
     run = Runner(cwd)
     started = time.monotonic()
     # The compose stages (one per model; conf/ is every one's dependency) run first, in one process, so
@@ -123,12 +155,13 @@ def build(cwd: Path, jobs: int) -> int:
     if not run("compose", dvc("repro", "--glob", "compose_*")):
         print("build failed:", *run.failures, sep="\n  - ", file=sys.stderr)
         return 2
+    cost, trained = plan_costs(plan)  # after compose: the gold sets' sizes are known (it checked them)
     with ThreadPoolExecutor(jobs + 1) as pool:
         # The arm64 userland depends on no artifact: set it up beside the builds (its own job slot:
         # it mostly waits on debootstrap and pip).
         setup = pool.submit(run, "arm64-setup", [sys.executable, "-m", "stages.arm64", "--setup-only"])
         with ThreadPoolExecutor(jobs) as models:
-            done = list(models.map(lambda job: run(job[0], dvc("repro", *job[1])), model_jobs(plan, trained, jobs)))
+            done = list(models.map(lambda job: run(job[0], dvc("repro", *job[1])), model_jobs(plan, cost, trained, jobs)))
         setup.result()
     if all(done):
         for name, args in project_jobs(plan):

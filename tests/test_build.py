@@ -16,16 +16,33 @@ from stages.core.pipeline import HEAVY_LOCK_ENV, heavy_slot, is_heavy
 def test_jobs_are_the_models_final_stages_costliest_first():
     plan = {"models": ["m", "t"], "builds": {"m-rpi4-q": {"model": "m"}, "t-rpi4-q": {"model": "t"}},
             "prepared": {"m-rk1808-q": {"model": "m"}}}
-    assert model_jobs(plan, {"t"}) == [("t", ["evaluate@t-rpi4-q"]), ("m", ["evaluate@m-rpi4-q", "prepare@m-rk1808-q"])]
+    assert model_jobs(plan, {"m": 30.0, "t": 130.0}, {"t"}) == [
+        ("t", ["evaluate@t-rpi4-q"]), ("m", ["evaluate@m-rpi4-q", "prepare@m-rk1808-q"])]
 
 
 def test_two_trainings_do_not_start_together():
     """They would take turns anyway (heavy_slot): the costliest untrained model starts beside the first."""
-    builds = {f"{m}-rpi4-q{i}": {"model": m} for m, n in (("a", 3), ("b", 2), ("c", 2), ("d", 1)) for i in range(n)}
-    plan = {"models": ["a", "b", "c", "d"], "builds": builds}
-    assert [m for m, _ in model_jobs(plan, {"a", "b"}, jobs=2)] == ["a", "c", "b", "d"]
-    assert [m for m, _ in model_jobs(plan, {"a", "b"}, jobs=1)] == ["a", "b", "c", "d"]
-    assert [m for m, _ in model_jobs(plan, set(), jobs=2)] == ["a", "b", "c", "d"]
+    plan = {"models": ["a", "b", "c", "d"], "builds": {f"{m}-rpi4-q": {"model": m} for m in "abcd"}}
+    cost = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    assert [m for m, _ in model_jobs(plan, cost, {"a", "b"}, jobs=2)] == ["a", "c", "b", "d"]
+    assert [m for m, _ in model_jobs(plan, cost, {"a", "b"}, jobs=1)] == ["a", "b", "c", "d"]
+    assert [m for m, _ in model_jobs(plan, cost, set(), jobs=2)] == ["a", "b", "c", "d"]
+
+
+def test_the_cost_estimate_weighs_training_builds_and_the_emulated_board_run():
+    from stages.build import CHAIN_S, TRAIN_S, model_cost
+
+    def model(shape, board_inputs, train=None):
+        return SimpleNamespace(input=SimpleNamespace(shape=shape), board_inputs=board_inputs, train=train)
+
+    pi, npu = SimpleNamespace(cpu="cortex-a72"), SimpleNamespace(cpu=None)
+    tiny = model([1, 1, 1, 1], 100)
+    assert model_cost(tiny, [None, None], 100) == pytest.approx(2 * CHAIN_S, abs=0.1)  # prepared only: chains
+    assert model_cost(model([1, 1, 1, 1], 100, "recipe"), [], 100) == pytest.approx(TRAIN_S, abs=0.1)
+    assert model_cost(tiny, [pi], 100) > model_cost(tiny, [npu], 100)  # the emulated board run
+    windows = model_cost(model([1, 3, 128, 128], 1200), [pi], 1200)  # BlazeFace's 1,200 windows: minutes
+    digits = model_cost(model([1, 1, 28, 28], 5000), [pi], 10000)
+    assert windows > digits > CHAIN_S and 150 < windows - CHAIN_S < 300
 
 
 def cfg(train=None, scheme="ort_static"):
