@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +92,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     ensure_apt()
-    ensure_venv()
-    ensure_rknn_venv()
+    # The two venvs share nothing: installed side by side (pip mostly waits on reading and unpacking wheels,
+    # torch's 5.5 GB among them). A failure in either stops the set-up with its error.
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(ensure_venv), pool.submit(ensure_rknn_venv)]:
+            done.result()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     if argv[0] == "build":
         return subprocess.call([str(PY), "-m", "stages.build", *argv[1:]], cwd=ROOT, env=env)

@@ -8,7 +8,8 @@ each budgeted quantity with its 95 % interval against its bound, the validation 
 ``latency`` (this build machine's latency and speed-up against PyTorch eager) and ``missed``
 (conf/builds.yaml's builds that miss their budget: each one's verdict from its own metrics.json, where
 it was built on request, beside what was tried) and ``profile`` (the build profile's ten slowest stage
-runs) and ``faces`` (the face apps, both detector families, from faces.json). ``--check`` only
+runs) and ``faces`` (the face apps, both detector families, from faces.json) and ``arm64_timing``
+(the arm64 userland's set-up phases and the cross-check's run, from the build profile and arm64.json). ``--check`` only
 says whether the README is up to date with the artifacts (exit 1 if not).
 """
 from __future__ import annotations
@@ -225,6 +226,24 @@ def profile(root: Path) -> str:
             + md_table(("stage run", "wall s", "startup s", "work s", "phases (s)"), table))
 
 
+def arm64_timing(root: Path) -> str:
+    """The emulated arm64 board's cost in this build: the userland's last set-up that built something (its
+    record in the build profile, stages/arm64/verify.py) and the cross-check stage's own run (arm64.json)."""
+    from stages.core.profile import read_all
+
+    rows = []
+    setup = next((r for r in read_all(root) if r["stage"] == "arm64-setup"), None)
+    if setup:
+        rows += [[f"set-up: {name}", f"{seconds:.1f}"] for name, seconds in setup["phases_s"].items()]
+        rows.append(["set-up, wall (the root filesystem and the wheelhouse side by side, then the venv)", f"{setup['wall_s']:.1f}"])
+    timing = (read_json(root / "arm64.json") or {}).get("timing_s") or {}
+    if timing.get("run_s") is not None:
+        rows.append(["the cross-check: every Pi artifact on each Pi CPU (one process per CPU, side by side)", f"{timing['run_s']:.1f}"])
+        rows.append(["`python -m stages.arm64`, wall" + (" (its set-up reused)" if not timing.get("cold") else ""),
+                     f"{timing['total']:.1f}"])
+    return md_table(("phase", "seconds"), rows) if rows else "No arm64 set-up or run recorded under the artifacts folder."
+
+
 def faces(root: Path) -> str:
     """The face apps side by side, one row per detector entry (artifacts/faces.json, stages/faces.py)."""
     from stages.report import FACES_COLUMNS, faces_rows
@@ -235,7 +254,7 @@ def faces(root: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {"verdicts": verdicts, "device": device, "latency": latency,
                                             "missed": missed, "on_request": on_request, "profile": profile,
-                                            "faces": faces}
+                                            "faces": faces, "arm64_timing": arm64_timing}
 
 
 def regenerate(text: str, root: Path) -> str:

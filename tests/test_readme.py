@@ -89,3 +89,18 @@ def test_the_device_table_sets_float_the_board_the_whole_set_and_the_build_host_
     assert board.startswith("cortex-a72, onnxruntime 1.31.1, n = 5000 of 10,000: top-1 drop, points 0.10 [-0.10, 0.30] n=5000")
     assert "decisions as judged 4990/5000" in board and whole.startswith("10,000 inputs: top-1 drop, points 0.20")
     assert host.startswith("AMD EPYC (no VNNI), onnxruntime:CPU: top-1 drop, points 3.00") and verdict_from.startswith("device-true")
+
+
+def test_the_arm64_timing_table_comes_from_the_setup_profile_and_arm64_json(tmp_path):
+    from stages.arm64 import verify
+    from stages.core.profile import record_run
+
+    root = tmp_path / "artifacts"
+    assert readme.arm64_timing(root).startswith("No arm64 set-up or run recorded")
+    record_run(root / verify.SETUP_PROFILE.relative_to(verify.PROJECT_ROOT / "artifacts"), "arm64-setup", 140.0,
+               {"root filesystem": 97.1, "wheelhouse": 30.6, "venv": 41.6})
+    (root / "arm64.json").write_text(json.dumps({"ran": True, "timing_s": {"cold": False, "run_s": 60.5, "total": 70.2}}))
+    rows = [line for line in readme.arm64_timing(root).splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:4] == ["| set-up: root filesystem | 97.1 |", "| set-up: wheelhouse | 30.6 |", "| set-up: venv | 41.6 |"]
+    assert rows[4].endswith("| 140.0 |") and rows[5].endswith("| 60.5 |")
+    assert rows[6] == "| `python -m stages.arm64`, wall (its set-up reused) | 70.2 |"

@@ -1,9 +1,10 @@
-"""`pip download` on the host for the arm64 board: `--platform`/`--python-version` pick the wheels,
-but pip evaluates dependency markers against the machine it runs on, so on x86 torch's aarch64
-wheel would pull its `platform_machine == "x86_64"` CUDA wheels (3 GB). This runs the host's pip
-with the board's marker environment (rootfs.BOARD_MARKERS: Debian 12's python3 on aarch64).
+"""The host's pip for the arm64 board: `--platform`/`--python-version` pick the wheels, but pip
+evaluates dependency markers against the machine it runs on, so on x86 torch's aarch64 wheel would
+pull its `platform_machine == "x86_64"` CUDA wheels (3 GB). This runs the host's pip with the
+board's marker environment (rootfs.BOARD_MARKERS: Debian 12's python3 on aarch64).
 
-    python board_pip.py download --platform ... -d WHEELHOUSE REQ...
+    python board_pip.py download --platform ... -d WHEELHOUSE REQ...             # the wheelhouse
+    python board_pip.py install --platform ... --target SITE_PACKAGES REQ...      # the board's venv
 """
 import sys
 from pathlib import Path

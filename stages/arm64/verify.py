@@ -43,6 +43,10 @@ from stages.core.log import console, user_error, cli
 from . import board, rootfs
 
 OUT = PROJECT_ROOT / "artifacts" / "arm64.json"
+# The last set-up that built something (rootfs, wheelhouse or venv), in the build profile (stages/core/profile.py):
+# outside DVC's outputs, like every stage's profile; the README's arm64 timing table reads it.
+SETUP_PROFILE = PROJECT_ROOT / "artifacts" / "_build" / "arm64" / ".stamps" / "setup.profile.json"
+SETUP_PHASES = {"rootfs": "root filesystem", "wheelhouse": "wheelhouse", "venv": "venv"}
 CROSS_CHECK_INPUTS = 100  # per artifact and CPU: a cross-check (evaluate runs the whole board subset)
 MIN_INPUTS = 4  # a model may declare fewer board_inputs than this only if its gold set is smaller
 WORKER = Path(__file__).with_name("worker.py")
@@ -161,10 +165,17 @@ def setup() -> tuple[Path, str, dict[str, Any]]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as lock, ThreadPoolExecutor(2) as pool:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        started = time.monotonic()
         root_f = pool.submit(timed, "rootfs", rootfs.ensure_rootfs)
         wheels_f = pool.submit(timed, "wheelhouse", rootfs.ensure_wheelhouse)
         root, wheelhouse = root_f.result(), wheels_f.result()
         venv = timed("venv", rootfs.ensure_venv, root, wheelhouse)
+        if not all(timing[f"{key}_reused"] for key in SETUP_PHASES):
+            from stages.core.profile import record_run
+
+            record_run(SETUP_PROFILE, "arm64-setup", time.monotonic() - started,
+                       {f"{label}{' (reused)' if timing[f'{key}_reused'] else ''}": timing[f"{key}_s"]
+                        for key, label in SETUP_PHASES.items()})
     return root, venv, timing
 
 

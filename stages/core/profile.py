@@ -48,14 +48,20 @@ def stage_run(stage: str, path: Path) -> Iterator[None]:
         yield
     finally:
         work = time.monotonic() - start
-        record = {"stage": stage, "startup_s": round(startup, 2) if startup is not None else None,
-                  "work_s": round(work, 2), "wall_s": round((startup or 0.0) + work, 2),
-                  "phases_s": {k: round(v, 2) for k, v in _PHASES.items()}, "finished": time.time()}
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(path)
+        record_run(path, stage, work, dict(_PHASES), startup)
+
+
+def record_run(path: Path, stage: str, work_s: float, phases_s: dict[str, float], startup_s: Optional[float] = None) -> None:
+    """Write one run's profile record to ``path`` (a ``.stamps/<name>.profile.json``), atomically; a
+    profile that cannot be written never fails the build."""
+    record = {"stage": stage, "startup_s": round(startup_s, 2) if startup_s is not None else None,
+              "work_s": round(work_s, 2), "wall_s": round((startup_s or 0.0) + work_s, 2),
+              "phases_s": {k: round(v, 2) for k, v in phases_s.items()}, "finished": time.time()}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
 
 
 def read_all(root: Path) -> list[dict]:
