@@ -39,11 +39,15 @@ from stages.core.pipeline import HEAVY_LOCK_ENV
 # build has no profile to go by, so a model's cost is estimated, in seconds of this 2-core x86 (scheduling
 # only: no result depends on it): a training; a stage chain per build; per evaluated build, its gold set
 # on this host (float, the artifact, the rewritten graph: about 0.3 s per million input values; once
-# more for the model's float reference) and the gold subset on the emulated board CPU (qemu-user, per
-# input: about 10 ms plus 3.5 ms per 1,000 input values; measured 183 ms for BlazeFace's 128x128x3
-# windows, 12-37 ms for a 28x28 Fashion-MNIST image).
-TRAIN_S, CHAIN_S, HOST_S_PER_M_VALUES = 100.0, 15.0, 0.3
-EMULATED_MS, EMULATED_MS_PER_1K_VALUES = 10.0, 3.5
+# more for the model's float reference), evaluate's layer divergence (64 inputs through two graphs that
+# expose every tensor: about 0.08 s per 1,000 input values; WHENet's 224x224x3 took 12 s) and the gold
+# subset on the emulated board CPU (qemu-user, per input: about 10 ms plus 5 ms per 1,000 input values;
+# measured 163 ms for BlazeFace's 128x128x3 windows, 0.8-1.0 s for MobileNetV2's and WHENet's 224x224x3,
+# 8-12 ms for a 28x28 Fashion-MNIST image). With 3.5 ms and no divergence term, WHENet (83 s of stages
+# in the cold build of ce7a1e2) was estimated at 40 s and started last but one: its job ended 47 s
+# after the other.
+TRAIN_S, CHAIN_S, HOST_S_PER_M_VALUES, DIVERGENCE_S_PER_1K_VALUES = 100.0, 15.0, 0.3, 0.08
+EMULATED_MS, EMULATED_MS_PER_1K_VALUES = 10.0, 5.0
 
 
 def model_cost(model, targets: list, gold_inputs: int) -> float:  # noqa: ANN001 - the composed model config
@@ -56,7 +60,7 @@ def model_cost(model, targets: list, gold_inputs: int) -> float:  # noqa: ANN001
     emulated_s = min(model.board_inputs, gold_inputs) * (EMULATED_MS + EMULATED_MS_PER_1K_VALUES * values / 1000) / 1000
     evaluated = [t for t in targets if t is not None]
     return ((TRAIN_S if model.train else 0.0) + CHAIN_S * len(targets) + host_s * (len(evaluated) + 1)
-            + emulated_s * sum(1 for t in evaluated if t.cpu))
+            + DIVERGENCE_S_PER_1K_VALUES * values / 1000 * len(evaluated) + emulated_s * sum(1 for t in evaluated if t.cpu))
 
 
 def model_jobs(plan: dict, cost: dict[str, float], trained: set[str], jobs: int = 2) -> list[tuple[str, list[str]]]:

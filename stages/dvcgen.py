@@ -113,6 +113,7 @@ def arm64_stage() -> dict[str, Any]:
     for item in pi_builds(plan):
         layout = Layout(Path("artifacts"), item["model"], item["target"], item["quant"], item["artifact"])
         deps += [rel(layout.artifact), rel(layout.manifest), rel(layout.golden)]  # golden.npz: `runtime verify`
+        deps.append(rel(layout.metrics))  # evaluate's device-true run: the row on the artifact's own board CPU
         # the model's resolved config (board_inputs, gold set, budget) and its float outputs (device-true numbers)
         deps += [d for d in (rel(layout.model_config), rel(layout.reference)) if d not in deps]
     return {"cmd": "python -m stages.arm64", "deps": deps, "outs": ["artifacts/arm64.json"]}

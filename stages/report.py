@@ -264,7 +264,9 @@ def arm64_lines(arm64: Optional[dict]) -> tuple[str, list[list[str]]]:
     host = arm64.get("host_x86") or {}
     isa = (f" This host: {host.get('cpu', '?')}, {'with' if host.get('vnni') else 'without'} VNNI, onnxruntime "
            f"{host.get('onnxruntime', '?')}." if host else "")
-    return (f"Each Pi artifact run on gold inputs in {arm64['userland']}, under {arm64['emulator']}, against the "
+    return (f"Each Pi artifact on both Pi CPUs in {arm64['userland']}, under {arm64['emulator']}, with `runtime verify` "
+            "on each. On its own board CPU the row is evaluate's device-true run (its board subset, against the "
+            "execution that judged the whole gold set). On the other CPU it runs up to 100 gold inputs, against the "
             "same artifact on this x86 host: its reference semantics (QDQ as written, no fused kernels), and this "
             f"host's own INT8 kernels.{isa} {arm64['note']}.", rows)
 

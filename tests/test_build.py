@@ -42,7 +42,10 @@ def test_the_cost_estimate_weighs_training_builds_and_the_emulated_board_run():
     assert model_cost(tiny, [pi], 100) > model_cost(tiny, [npu], 100)  # the emulated board run
     windows = model_cost(model([1, 3, 128, 128], 1200), [pi], 1200)  # BlazeFace's 1,200 windows: minutes
     digits = model_cost(model([1, 1, 28, 28], 5000), [pi], 10000)
-    assert windows > digits > CHAIN_S and 150 < windows - CHAIN_S < 300
+    assert windows > digits > CHAIN_S and 150 < windows - CHAIN_S < 450  # measured: 270-300 s of stages past its chain
+    # a 224x224 model with 16 board inputs (WHENet) outranks a 24x24 one with 1,200 (MTCNN's R-Net): per input,
+    # emulation and the layer divergence grow with the input's size
+    assert model_cost(model([1, 3, 224, 224], 16), [pi], 184) > model_cost(model([1, 3, 24, 24], 1200), [pi], 1200)
 
 
 def cfg(train=None, scheme="ort_static"):

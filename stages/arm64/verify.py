@@ -9,13 +9,16 @@ integer kernels never do, so x86 and arm64 legitimately differ there (../shared/
 
     python -m stages.arm64 [--max-inputs N]      # writes artifacts/arm64.json (the report shows it)
 
-Each artifact runs ``model.board_inputs`` of its gold inputs, at most CROSS_CHECK_INPUTS, evenly
-spaced across the set (board.subset). The device-true verdict itself is evaluate's (its metrics.json,
-on the board's CPU): this stage is the cross-check, on both Pi CPUs and through `runtime verify`.
-Per artifact and CPU it records the budget's quantities of the emulated outputs against float on that
-subset, each with its n and 95 % interval, and the emulated board's agreement with the reference
-semantics that judged the whole gold set. The stage fails when the board does
-not reproduce the reference (``board_matches_reference``), naming the artifact and the CPU.
+The device-true verdict itself is evaluate's (its metrics.json, on the board's CPU): this stage is the
+cross-check, on both Pi CPUs and through `runtime verify`. On the artifact's own board CPU, evaluate's
+device-true run already put ``model.board_inputs`` gold inputs through the same runtime in the same
+userland, so its row is that run's, from metrics.json, and the emulator only runs `runtime verify`
+there. On the other Pi CPU the artifact runs ``model.board_inputs`` of its gold inputs, at most
+CROSS_CHECK_INPUTS, evenly spaced across the set (board.subset), compared with x86 input by input.
+Per artifact and CPU it records the budget's quantities of the emulated outputs against float, each
+with its n and 95 % interval, and the emulated board's agreement with the reference semantics that
+judged the whole gold set. The stage fails when the board does not reproduce the reference
+(``board_matches_reference``) or `runtime verify` fails, naming the artifact and the CPU.
 
 A Pi artifact is a build whose target names a `cpu`. Emulated timings are recorded as such: they
 say nothing about a Pi's speed. A machine that cannot emulate (no root, no binfmt) gets an
@@ -148,6 +151,45 @@ def compare(build: dict, cpu: str, x86: dict[str, Any], arm: np.ndarray, accepte
     return result
 
 
+def evaluated(build: dict, info: dict) -> dict:
+    """The row of an artifact on its own board CPU: evaluate's device-true run there (metrics.json: the
+    model's board subset, through the same runtime in the same userland), with `runtime verify` from
+    this stage's emulated run. Its numbers compare with the execution that judged the whole gold set,
+    not with this host's kernels (``host_x86`` is None: the other CPU's row has them)."""
+    from stages.core.cli import load
+
+    layout = Layout.of("artifacts", build["model"], build["target"], build["quant"], build["artifact"])
+    device = (read_metrics(layout.metrics).get("device_true") or {})
+    if not device.get("ran") or device.get("cpu") != build["board_cpu"]:
+        raise BuildError(f"{layout.metrics} has no device-true run on {build['board_cpu']}: "
+                         f"{device.get('reason') or 'evaluate did not run the board subset'}",
+                         hint=f"rerun evaluate for {build['build']} (`dvc repro`), on a machine that emulates arm64")
+    model = load([f"model={build['model']}"]).model
+    agreement = device["reference_agreement"]
+    result = {"build": build["build"], "model": build["model"], "target": build["target"], "quant": build["quant"],
+              "artifact": build["artifact"], "cpu": build["board_cpu"], "board_cpu": True, "n": device["n"],
+              "source": "evaluate's device-true run (metrics.json)",
+              "reference_x86": "the execution that judged the whole gold set (metrics.json verdict_from)",
+              "device_true": {"what": f"evaluate's run on the emulated {build['board_cpu']}: {device['subset']}",
+                              "n": device["n"], "quantities": device["quantities"], "reference_agreement": agreement},
+              "max_abs_diff": agreement["max_abs_diff"], "top1_agreement": agreement["value"], "host_x86": None,
+              "top1_x86": None, "top1_arm64": device["artifact"].get("top1"),
+              "backend_arm64": device["backend"], "backend_version_arm64": device["backend_version"],
+              "verify": info.get("verify"), "build_code_on_board": info.get("build_code_installed"),
+              "machine": info["machine"], "emulated_ms_per_input": device["emulated_ms_per_input"]}
+    result["mismatch"] = board_matches_reference(result, model.gold.labelled)
+    return result
+
+
+def read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BuildError(f"{path} does not exist", hint="run `dvc repro` first: evaluate writes it") from None
+    except ValueError as exc:
+        raise BuildError(f"{path} is not JSON ({exc})", hint="rerun evaluate for it (`dvc repro`)") from None
+
+
 def setup() -> tuple[Path, str, dict[str, Any]]:
     """The rootfs and the wheelhouse (concurrently: debootstrap and pip download are both network-bound
     at first), then the venv; and how long each took, and whether it was reused."""
@@ -159,12 +201,7 @@ def setup() -> tuple[Path, str, dict[str, Any]]:
         timing[f"{name}_s"], timing[f"{name}_reused"] = round(time.monotonic() - start, 1), reused
         return value
 
-    import fcntl
-
-    lock_file = rootfs.cache_dir() / ".setup.lock"  # evaluate's device-true runs and `--setup-only` may race here
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as lock, ThreadPoolExecutor(2) as pool:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with rootfs.setup_lock(), ThreadPoolExecutor(2) as pool:
         started = time.monotonic()
         root_f = pool.submit(timed, "rootfs", rootfs.ensure_rootfs)
         wheels_f = pool.submit(timed, "wheelhouse", rootfs.ensure_wheelhouse)
@@ -173,9 +210,11 @@ def setup() -> tuple[Path, str, dict[str, Any]]:
         if not all(timing[f"{key}_reused"] for key in SETUP_PHASES):
             from stages.core.profile import record_run
 
-            record_run(SETUP_PROFILE, "arm64-setup", time.monotonic() - started,
-                       {f"{label}{' (reused)' if timing[f'{key}_reused'] else ''}": timing[f"{key}_s"]
-                        for key, label in SETUP_PHASES.items()})
+            built_s = rootfs.rootfs_build_s(root)
+            phases = ({"root filesystem (built before this set-up: the bootstrap builds it beside pip)": built_s}
+                      if timing["rootfs_reused"] and built_s is not None else {})
+            phases.update({label: timing[f"{key}_s"] for key, label in SETUP_PHASES.items() if not timing[f"{key}_reused"]})
+            record_run(SETUP_PROFILE, "arm64-setup", time.monotonic() - started, phases)
     return root, venv, timing
 
 
@@ -200,9 +239,10 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
         shutil.copytree(folder, work / build["build"])
         np.save(work / build["build"] / "inputs.npy", batch)
         prepared.append((build, folder / build["artifact"], batch, accepted, ids))
-    for cpu in cpus:
-        jobs = [{"artifact": f"{inside}/{b['build']}/{b['artifact']}", "inputs": f"{inside}/{b['build']}/inputs.npy",
-                 "outputs": f"{inside}/{b['build']}/{cpu}.npy"} for b, _, _, _, _ in prepared]
+    for cpu in cpus:  # on its own board CPU, an artifact's subset already ran in evaluate: `runtime verify` only
+        jobs = [{"artifact": f"{inside}/{b['build']}/{b['artifact']}", "outputs": f"{inside}/{b['build']}/{cpu}.npy",
+                 **({} if cpu == b["board_cpu"] else {"inputs": f"{inside}/{b['build']}/inputs.npy"})}
+                for b, _, _, _, _ in prepared]
         (work / f"jobs-{cpu}.json").write_text(json.dumps(jobs))
     console.print(f"arm64: {len(prepared)} artifacts on {', '.join(cpus)}, in parallel (emulated)")
 
@@ -217,14 +257,16 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
         refs = [x86_outputs(artifact, batch) for _, artifact, batch, _, _ in prepared]  # meanwhile, on x86
         infos = dict(zip(cpus, (f.result() for f in emulated)))
     timing["run_s"] = round(time.monotonic() - run_started, 1)
-    results = [compare(build, cpu, x86, np.load(work / build["build"] / f"{cpu}.npy"), accepted, ids, info)
+    results = [evaluated(build, info) if cpu == build["board_cpu"] else
+               compare(build, cpu, x86, np.load(work / build["build"] / f"{cpu}.npy"), accepted, ids, info)
                for cpu in cpus for (build, _, _, accepted, ids), x86, info in zip(prepared, refs, infos[cpu])]
     shutil.rmtree(work, ignore_errors=True)
     cold = not all(timing[f"{phase}_reused"] for phase in ("rootfs", "wheelhouse", "venv"))
     from stages.core.hostinfo import int8_arithmetic
 
     return {"ran": True, "emulator": qemu, "host_x86": int8_arithmetic(), "userland": f"Debian 12 ({rootfs.SUITE}) arm64, runtime venv: "
-            f"`pip install .` + {rootfs.TORCH} (aarch64 wheels downloaded on the host, installed offline)",
+            f"`./runtime[{','.join(rootfs.EXTRAS)}]` + {rootfs.TORCH} (aarch64 wheels downloaded and installed offline by the "
+            "host's pip with the board's platform tags and markers)",
             "max_inputs": limit, "results": results,
             "passed": not any(r["mismatch"] for r in results),
             "timing_s": {"cold": cold, **timing, "setup": round(setup_s, 1), "total": round(time.monotonic() - started, 1)},
@@ -259,9 +301,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return user_error("stage 'arm64'", exc)
     write_json(args.out, record)
     for r in record["results"]:
-        console.print(f"  {r['build']:42s} {r['cpu']:11s} n={r['n']:3d} vs x86 reference: max|Δ|={r['max_abs_diff']:.2e} "
-                      f"agree={r['top1_agreement']:.3f}; vs x86 host kernels: agree={r['host_x86']['top1_agreement']:.3f}" + (f" top-1 x86 {r['top1_x86']:.1f} / arm64 {r['top1_arm64']:.1f}"
-                                                           if r["top1_x86"] is not None else ""))
+        if r["host_x86"] is None:  # its own board CPU: evaluate's device-true run, and `runtime verify` here
+            console.print(f"  {r['build']:42s} {r['cpu']:11s} n={r['n']:4d} evaluate's device-true run vs the judged "
+                          f"execution: max|Δ|={r['max_abs_diff']:.2e} agree={r['top1_agreement']:.3f}; verify "
+                          + ("passed" if (r["verify"] or {}).get("passed") else "FAILED"))
+            continue
+        console.print(f"  {r['build']:42s} {r['cpu']:11s} n={r['n']:4d} vs x86 reference: max|Δ|={r['max_abs_diff']:.2e} "
+                      f"agree={r['top1_agreement']:.3f}; vs x86 host kernels: agree={r['host_x86']['top1_agreement']:.3f}"
+                      + (f" top-1 x86 {r['top1_x86']:.1f} / arm64 {r['top1_arm64']:.1f}" if r["top1_x86"] is not None else ""))
     failed = [f"{r['build']} on {r['cpu']}: {r['mismatch']}" for r in record["results"] if r["mismatch"]]
     if failed:
         return user_error("stage 'arm64'", BuildError(

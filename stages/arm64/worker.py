@@ -5,7 +5,9 @@ runtime only (what `pip install ./runtime[onnx]` gave the board).
 
     python worker.py jobs.json    # [{"artifact": ..., "inputs": ....npy, "outputs": ....npy}, ...]
 
-A job with ``"verify": false`` (evaluate's device-true run, board.py) only runs its inputs.
+A job with ``"verify": false`` (evaluate's device-true run, board.py) only runs its inputs. A job without
+``"inputs"`` only runs `runtime verify` (the cross-check on the artifact's own board CPU, whose subset
+evaluate's device-true run already ran there).
 
 Each artifact runs all its inputs, in order: the model's declared board subset of its gold set.
 
@@ -38,16 +40,17 @@ VERIFY_INPUTS, VERIFY_RUNS, VERIFY_WARMUP = 4, 1, 1
 
 
 def run(job: dict) -> dict:
-    batch = np.load(job["inputs"])
     session = load(job["artifact"], threads=1)
-    start = time.perf_counter()
-    results = [np.asarray(session.run(x)) for x in batch]
-    emulated_ms = 1e3 * (time.perf_counter() - start) / len(results)
-    np.save(job["outputs"], np.concatenate(results))
     package = "torch" if session.manifest.format == "torchscript" else "onnxruntime"
     info = {"artifact": job["artifact"], "backend": session.backend.name, "machine": platform.machine(),
-            "backend_version": f"{package} {metadata.version(package)}", "emulated_ms_per_input": emulated_ms,
-            "n": len(results)}
+            "backend_version": f"{package} {metadata.version(package)}", "emulated_ms_per_input": None, "n": 0}
+    if job.get("inputs"):
+        batch = np.load(job["inputs"])
+        start = time.perf_counter()
+        results = [np.asarray(session.run(x)) for x in batch]
+        info["emulated_ms_per_input"] = 1e3 * (time.perf_counter() - start) / len(results)
+        info["n"] = len(results)
+        np.save(job["outputs"], np.concatenate(results))
     if not job.get("verify", True):  # evaluate's device-true run: the outputs only
         return info
     # `python -m runtime verify FOLDER`, the command a Pi user types, through its own entry point: the first
@@ -56,7 +59,7 @@ def run(job: dict) -> dict:
     out = Path(job["outputs"]).with_suffix(".verify.json")  # one per emulated CPU: both run at once
     try:
         code = verify_main([str(folder), "--runs", str(VERIFY_RUNS), "--warmup", str(VERIFY_WARMUP),
-                            "--max-inputs", str(min(len(results), VERIFY_INPUTS)),
+                            "--max-inputs", str(VERIFY_INPUTS),
                             "--json", str(out)])
         checked = {**json.loads(out.read_text()), "exit_code": code} if out.exists() else {
             "passed": False, "exit_code": code, "failures": [f"verify exited {code} without a verify.json"]}
