@@ -8,9 +8,7 @@ Standard library only: it runs before anything is installed. Idempotent: a secon
 checks what is there. Steps that pip cannot express live here, in one place:
   * data that ships in Debian packages (the gold/calibration photos in opencv-doc, Fashion-MNIST,
     headless Chromium for the report's rendering test);
-  * packages that must be installed without their (ancient, pinned) dependencies;
-  * the emulated Pi's arm64 root filesystem (stages/arm64/rootfs.py, cached outside the checkout),
-    built while pip installs.
+  * packages that must be installed without their (ancient, pinned) dependencies.
 """
 from __future__ import annotations
 
@@ -89,27 +87,15 @@ def ensure_rknn_venv() -> None:
     stamp.write_text(digest + "\n")
 
 
-def ensure_board_rootfs() -> None:
-    """The arm64 root filesystem of the emulated Pi (cached outside the checkout; reused when there). Not fatal
-    here: the build needs it only for the Pi artifacts, tries again, and says what failed."""
-    cmd = [sys.executable, "-m", "stages.arm64.rootfs"]
-    print("+", " ".join(cmd), flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        print("warning: the arm64 root filesystem was not built now; the build will try again", flush=True)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] not in ("build", "test", "setup"):
         print(__doc__)
         return 2
     ensure_apt()
     # The two venvs share nothing: installed side by side (pip mostly waits on reading and unpacking wheels,
-    # torch's 5.5 GB among them). A failure in either stops the set-up with its error. The emulated Pi's root
-    # filesystem (debootstrap's download, then its second stage under qemu: a minute and a half of one core)
-    # needs neither venv: it is built meanwhile, on the core that .venv-rknn's install leaves idle after
-    # about 35 s while .venv's takes 100 s, instead of beside the model builds (stages/arm64/rootfs.py).
-    with ThreadPoolExecutor(3) as pool:
-        for done in [pool.submit(ensure_venv), pool.submit(ensure_rknn_venv), pool.submit(ensure_board_rootfs)]:
+    # torch's 5.5 GB among them). A failure in either stops the set-up with its error.
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(ensure_venv), pool.submit(ensure_rknn_venv)]:
             done.result()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     if argv[0] == "build":

@@ -235,8 +235,8 @@ def arm64_timing(root: Path) -> str:
     setup = next((r for r in read_all(root) if r["stage"] == "arm64-setup"), None)
     if setup:
         rows += [[f"set-up: {name}", f"{seconds:.1f}"] for name, seconds in setup["phases_s"].items()]
-        rows.append(["set-up in the build, wall (what it built of the root filesystem and the wheelhouse side by side, "
-                     "then the venv)", f"{setup['wall_s']:.1f}"])
+        rows.append(["set-up, wall (the root filesystem and the wheelhouse side by side, then the venv)",
+                     f"{setup['wall_s']:.1f}"])
     timing = (read_json(root / "arm64.json") or {}).get("timing_s") or {}
     if timing.get("run_s") is not None:
         rows.append(["the cross-check: every Pi artifact on each Pi CPU (one process per CPU, side by side)", f"{timing['run_s']:.1f}"])

@@ -157,17 +157,6 @@ def test_host_pip_download_evaluates_markers_for_the_board(monkeypatch):
     assert markers.Marker('platform_machine == "aarch64" and python_version == "3.11"').evaluate()
 
 
-def test_the_bootstrap_can_build_the_root_filesystem_with_the_standard_library_only():
-    """stages.bootstrap runs `python3 -m stages.arm64.rootfs` while pip is still filling the venvs."""
-    import subprocess
-    import sys
-
-    code = "import stages.arm64.rootfs as r; print(r.rootfs_path().name, r.BuildError.__module__)"
-    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=rootfs.PROJECT_ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr  # -S: no site-packages, so no PIL, numpy or runtime dependencies
-    assert out.stdout.split() == [rootfs.rootfs_path().name, "stages.arm64.rootfs"]
-
-
 def test_the_second_stage_reads_only_the_downloaded_packages_and_the_index_comes_back(tmp_path):
     (tmp_path / "debootstrap").mkdir()
     (tmp_path / "debootstrap/debpaths").write_text("a /var/cache/apt/archives/a.deb\nc /var/cache/apt/archives/c.deb\n")

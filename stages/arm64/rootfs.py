@@ -14,26 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Iterator, Optional
 
+from stages.core.errors import BuildError
 from stages.core.layout import PROJECT_ROOT
-
-try:
-    from stages.core.errors import BuildError
-except ImportError:  # `python3 -m stages.arm64.rootfs` from the bootstrap, before the venv has its packages
-
-    class BuildError(Exception):  # type: ignore[no-redef]
-        def __init__(self, message: str, hint: str = "") -> None:
-            super().__init__(f"{message}\n  hint: {hint}" if hint else message)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -169,19 +160,11 @@ def rootfs_path() -> Path:
     return cache_dir() / f"rootfs-{_digest(SUITE.encode(), MIRROR.encode(), ' '.join(DEBIAN_PACKAGES).encode())}"
 
 
-def rootfs_build_s(root: Path) -> Optional[float]:
-    """How long the cached root filesystem took to build (its .complete file), None if unknown."""
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        return float(json.loads((root / ".complete").read_text())["seconds"])
-    return None
-
-
 def ensure_rootfs() -> tuple[Path, bool]:
     """The cached root filesystem (Debian + python3), built once per recipe; and whether it was reused."""
     root = rootfs_path()
     if (root / ".complete").exists():
         return root, True
-    started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -201,7 +184,7 @@ def ensure_rootfs() -> tuple[Path, bool]:
     for deb in (partial / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
     partial.rename(root)
-    (root / ".complete").write_text(json.dumps({"seconds": round(time.monotonic() - started, 1)}) + "\n")
+    (root / ".complete").write_text("ok\n")
     return root, False
 
 
@@ -332,14 +315,3 @@ def run_isolated(root: Path, cmd: list[str], cpu: str = DEFAULT_CPU, timeout: in
                                                    "exec " + shlex.join(["chroot", str(root), *env, *cmd])])
     return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout=timeout)
 
-
-if __name__ == "__main__":
-    # The bootstrap builds the root filesystem while pip fills the venvs (it needs neither: debootstrap and
-    # qemu are Debian packages): standard library only, like the bootstrap. The build reuses it.
-    reason = why_not_here()
-    if reason:
-        print(f"arm64 root filesystem not built here: {reason}", flush=True)
-        sys.exit(0)
-    with setup_lock():
-        path, reused = ensure_rootfs()
-    print(f"arm64 root filesystem {'reused' if reused else f'built in {rootfs_build_s(path)} s'}: {path}", flush=True)
