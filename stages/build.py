@@ -77,9 +77,9 @@ def model_jobs(plan: dict, cost: dict[str, float], trained: set[str], jobs: int 
         for key, item in (plan.get(group) or {}).items():
             stages[item["model"]].append(f"{stage}@{key}")
     ranked = sorted((m for m, t in stages.items() if t), key=lambda m: -cost[m])
-    training = [m for m in ranked if m in trained]
-    first = training[:1] + [m for m in ranked if m not in trained][:max(0, jobs - len(training[:1]))]
-    first = sorted(first, key=ranked.index)  # fewer untrained models than slots: the rest by cost below
+    one_training = [m for m in ranked if m in trained][:1]
+    first = one_training + [m for m in ranked if m not in trained][:max(0, jobs - len(one_training))]
+    first.sort(key=ranked.index)  # fewer untrained models than slots: the rest by cost below
     order = first + [m for m in ranked if m not in first]
     return [(m, stages[m]) for m in order]
 

@@ -7,8 +7,9 @@ and downloads the Debian packages; no emulated apt), qemu-aarch64-static copied 
 under binfmt. The aarch64 wheels are downloaded on the host, natively, into a wheelhouse, and the
 host's pip installs the runtime's package and torch from it into the board's venv, resolving as the
 board's Python would (board_pip.py): unpacking wheels does not depend on the CPU, and it gives the
-same files as the board's own pip (ensure_venv), in a fifth of the time emulated pip took. Debian 12's qemu 7.2 shows the host's x86 /proc/cpuinfo, on which
-onnxruntime's cpuinfo library segfaults, so every run bind-mounts an ARM /proc/cpuinfo over it.
+same files as the board's own pip (ensure_venv), in a fifth of the time emulated pip took. Debian
+12's qemu 7.2 shows the host's x86 /proc/cpuinfo, on which onnxruntime's cpuinfo library segfaults,
+so every run bind-mounts an ARM /proc/cpuinfo over it.
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def _runtime_digest(wheelhouse: Path) -> str:
 
 @contextlib.contextmanager
 def setup_lock() -> Iterator[None]:
-    """One set-up of the cached userland at a time: the bootstrap, evaluate's device-true runs and
+    """One set-up of the cached userland at a time: evaluate's device-true runs, the arm64 stage and
     `python -m stages.arm64 --setup-only` may race for it."""
     import fcntl
 
@@ -156,13 +157,9 @@ def setup_lock() -> Iterator[None]:
         yield
 
 
-def rootfs_path() -> Path:
-    return cache_dir() / f"rootfs-{_digest(SUITE.encode(), MIRROR.encode(), ' '.join(DEBIAN_PACKAGES).encode())}"
-
-
 def ensure_rootfs() -> tuple[Path, bool]:
     """The cached root filesystem (Debian + python3), built once per recipe; and whether it was reused."""
-    root = rootfs_path()
+    root = cache_dir() / f"rootfs-{_digest(SUITE.encode(), MIRROR.encode(), ' '.join(DEBIAN_PACKAGES).encode())}"
     if (root / ".complete").exists():
         return root, True
     shutil.rmtree(root, ignore_errors=True)
@@ -290,11 +287,10 @@ def cpuinfo_file(root: Path, cpu: str) -> Path:
     return root / "opt/edgebuild" / f"cpuinfo-{cpu}"
 
 
-def run_isolated(root: Path, cmd: list[str], cpu: str = DEFAULT_CPU, timeout: int = 900,
-                 binds: tuple[tuple[Path, Path], ...] = ()) -> str:
+def run_isolated(root: Path, cmd: list[str], cpu: str = DEFAULT_CPU, timeout: int = 900) -> str:
     """``cmd`` in the arm64 userland on the emulated ``cpu``, with a clean environment (no host PIP_*
-    settings). /proc (that CPU's cpuinfo over the host's x86 one), /sys, /dev and ``binds`` (host folder,
-    folder in ``root``: read-only) are mounted in a private mount namespace that ends with the command:
+    settings). /proc (that CPU's cpuinfo over the host's x86 one), /sys and /dev are mounted in a
+    private mount namespace that ends with the command:
     nothing is mounted on the host, so any number of runs may share one root filesystem, and a run that
     is killed leaves no mount behind. Mounts a killed run of an older recipe left are shed inside."""
     info = cpuinfo_file(root, cpu)
@@ -303,15 +299,12 @@ def run_isolated(root: Path, cmd: list[str], cpu: str = DEFAULT_CPU, timeout: in
         partial = info.with_name(f"{info.name}.{os.getpid()}")
         partial.write_text(fake_cpuinfo(cpu))
         partial.replace(info)
-    targets = [root / "proc/cpuinfo", root / "proc", root / "sys", root / "dev", *(t for _, t in binds)]
+    targets = [root / "proc/cpuinfo", root / "proc", root / "sys", root / "dev"]
     shed = [f"while umount -l {shlex.quote(str(t))} 2>/dev/null; do :; done" for t in targets]
     mounts = [["mount", "-t", "proc", "proc", str(root / "proc")], ["mount", "-t", "sysfs", "sysfs", str(root / "sys")],
               ["mount", "--bind", "/dev", str(root / "dev")], ["mount", "--bind", str(info), str(root / "proc/cpuinfo")]]
-    for source, target in binds:
-        mounts += [["mount", "--bind", str(source), str(target)], ["mount", "-o", "remount,bind,ro", str(target)]]
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/root", "LANG=C.UTF-8",
            "DEBIAN_FRONTEND=noninteractive", f"QEMU_CPU={cpu}"]
     script = "; ".join(shed) + "; " + " && ".join([*map(shlex.join, mounts),
                                                    "exec " + shlex.join(["chroot", str(root), *env, *cmd])])
     return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout=timeout)
-

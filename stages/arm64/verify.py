@@ -260,7 +260,7 @@ def verify(plan: dict, limit: int) -> dict[str, Any]:
                compare(build, cpu, x86, np.load(work / build["build"] / f"{cpu}.npy"), accepted, ids, info)
                for cpu in cpus for (build, _, _, accepted, ids), x86, info in zip(prepared, refs, infos[cpu])]
     shutil.rmtree(work, ignore_errors=True)
-    cold = not all(timing[f"{phase}_reused"] for phase in ("rootfs", "wheelhouse", "venv"))
+    cold = not all(timing[f"{phase}_reused"] for phase in SETUP_PHASES)
     from stages.core.hostinfo import int8_arithmetic
 
     return {"ran": True, "emulator": qemu, "host_x86": int8_arithmetic(), "userland": f"Debian 12 ({rootfs.SUITE}) arm64, runtime venv: "
